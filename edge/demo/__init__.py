@@ -1,0 +1,1 @@
+"""`edge-node demo`: bundled real footage through the real vision core against a demo watch list."""

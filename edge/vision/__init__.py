@@ -1,0 +1,1 @@
+"""Face detection, quality gate, alignment and embedding on LiteRT (TFLite) models."""

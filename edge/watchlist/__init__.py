@@ -1,0 +1,1 @@
+"""The watch list: shards, the in-memory gallery, and matching."""

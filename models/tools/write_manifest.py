@@ -1,0 +1,103 @@
+"""Write models/MANIFEST.json for the .tflite files present in models/: sha256, source packages,
+licence, input/output spec, anchors (detectors), alignment template, metric and size (embedders).
+
+usage: python write_manifest.py MODELS_DIR
+This file is the one place the models' facts are written down; the runtime reads only the JSON.
+"""
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+MEDIAPIPE = {"registry": "npm", "name": "@mediapipe/face_detection", "version": "0.4.1657300184"}
+FACE_API = {"registry": "npm", "name": "@vladmandic/face-api", "version": "1.7.15"}
+FACE_API_WEIGHTS = {
+    **FACE_API, "path": "package/model/face_recognition_model.bin",
+    "sha256": "b413e420d6840b2775fba32008db6f3cddb07d485967fb42cfcf379c16a8c589",
+}
+BLAZEFACE_NOTE = ("MediaPipe BlazeFace; 6 keypoints: right eye, left eye, nose tip, mouth centre, "
+                  "right ear, left ear")
+DLIB_LICENCE = ("CC0-1.0 (dlib_face_recognition_resnet_model_v1 weights, Davis King); "
+                "graph after face-api.js (MIT)")
+# Where the dlib ResNet expects image-left eye, image-right eye, nose tip and mouth centre in its
+# 150x150 input: fitted (bench/fit_alignment.py) by mapping BlazeFace keypoints into the chips that
+# dlib's own 5-point shape predictor + get_face_chip(size=150, padding=0.25) cut from the devset faces.
+DLIB_TEMPLATE = [[47.6, 46.6], [100.5, 46.6], [74.0, 76.6], [74.0, 105.4]]
+DLIB_MEAN = [122.782, 117.001, 104.298]
+# Operating threshold and floor on the cosine score, measured by bench/accuracy.py on the devset:
+# the same person (3 photos of Barack Obama) scores >= 0.946; different people mostly < 0.90, but this
+# model crowds everyone into 0.70-0.97 and a few pairs of different people reach 0.93-0.94 (docs/vision.md).
+# dlib's own rule (distance 0.6, ~cosine 0.91) lets those through, so the default sits above them.
+# Deployments may raise the threshold; none may go below the floor.
+DLIB_MATCH = {"threshold": 0.94, "floor": 0.93}
+
+DETECTORS = {
+    "blazeface-full-range": {
+        "file": "face_detection_full_range.tflite", "size": 192, "strides": [4], "per_cell": [1],
+        "src_sha256": "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+        "note": "faces up to ~5 m from the camera; used on whole frames and tiles",
+    },
+    "blazeface-short-range": {
+        "file": "face_detection_short_range.tflite", "size": 128, "strides": [8, 16], "per_cell": [2, 6],
+        "src_sha256": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+        "note": "faces within ~2 m (selfie range)",
+    },
+}
+EMBEDDERS = {
+    "dlib-resnet-v1-int8": ("dlib_resnet_v1_int8.tflite", "int8",
+                            "static int8 weights and activations (global min/max calibration); the last "
+                            "residual block, mean and FC float with int8 weights (ai-edge-quantizer "
+                            "0.10.0); float I/O"),
+    "dlib-resnet-v1-dynint8": ("dlib_resnet_v1_dynint8.tflite", "dynint8",
+                               "int8 weights, activations quantised at run time (ai-edge-quantizer 0.10.0)"),
+    "dlib-resnet-v1-float32": ("dlib_resnet_v1_float32.tflite", "float32",
+                               "float32 reference, rebuilt in TensorFlow 2.21 from the face-api.js weights"),
+}
+DEFAULT_EMBEDDER = "dlib-resnet-v1-int8"
+DEFAULT_DETECTOR = "blazeface-full-range"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    models_dir = Path(sys.argv[1])
+    models = {}
+    for mid, d in DETECTORS.items():
+        path = models_dir / d["file"]
+        if not path.exists():
+            continue
+        models[mid] = {
+            "role": "detector", "file": d["file"], "sha256": sha256(path), "variant": "float32",
+            "licence": "Apache-2.0", "note": f"{BLAZEFACE_NOTE}; {d['note']}",
+            "source": [{**MEDIAPIPE, "path": f"package/{d['file']}", "sha256": d["src_sha256"]}],
+            "input": {"size": d["size"], "layout": "NHWC RGB float32", "mean": [127.5] * 3,
+                      "scale": 1 / 127.5},
+            "output": {"regressors": [1, d["size"] ** 2 // 16 if d["size"] == 192 else 896, 16],
+                       "classificators": "logits, sigmoid gives the face score"},
+            "anchors": {"strides": d["strides"], "per_cell": d["per_cell"]},
+        }
+    for mid, (file, variant, how) in EMBEDDERS.items():
+        path = models_dir / file
+        if not path.exists():
+            continue
+        models[mid] = {
+            "role": "embedder", "file": file, "sha256": sha256(path), "variant": variant,
+            "licence": DLIB_LICENCE, "note": how, "source": [FACE_API_WEIGHTS],
+            "input": {"size": 150, "layout": "NHWC RGB float32", "mean": DLIB_MEAN, "scale": 1 / 255},
+            "output": {"embedding": [1, 128]},
+            "embedding_size": 128, "metric": "cosine of L2-normalised embeddings", "match": DLIB_MATCH,
+            "alignment": {"size": 150, "template": DLIB_TEMPLATE,
+                          "points": ["image-left eye", "image-right eye", "nose tip", "mouth centre"]},
+        }
+    default_embedder = DEFAULT_EMBEDDER if DEFAULT_EMBEDDER in models else "dlib-resnet-v1-float32"
+    doc = {"schema": 1, "defaults": {"detector": DEFAULT_DETECTOR, "embedder": default_embedder},
+           "models": models}
+    (models_dir / "MANIFEST.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print("wrote", models_dir / "MANIFEST.json", sorted(models))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Fleet-admin and technician tools: `import provisioning`."""

@@ -1,0 +1,40 @@
+"""Shared fixtures: the development set of real faces and one analyser over the real models."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.vision.analyzer import FaceAnalyzer, VisionConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def devset_dir() -> Path:
+    """$EDGE_DEVSET, else shared/data/devset beside the repository (as laid out for CI)."""
+    env = os.environ.get("EDGE_DEVSET")
+    path = Path(env) if env else REPO.parent / "shared" / "data" / "devset"
+    if not (path / "annotations.json").is_file():
+        pytest.fail(f"development set not found at {path} (set EDGE_DEVSET)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def devset() -> Path:
+    return devset_dir()
+
+
+@pytest.fixture(scope="session")
+def annotations(devset: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((devset / "annotations.json").read_text())
+    return doc
+
+
+@pytest.fixture(scope="session")
+def analyzer() -> Iterator[FaceAnalyzer]:
+    yield FaceAnalyzer(VisionConfig())

@@ -1,0 +1,93 @@
+"""Model integrity and runtime selection: a changed model file or a missing delegate is a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.vision.analyzer import FaceAnalyzer, VisionConfig
+from edge.vision.errors import DelegateUnavailableError, ModelIntegrityError, ModelManifestError
+from edge.vision.manifest import default_models_dir, load_manifest
+from edge.vision.runtime import Delegate, RuntimeConfig, TfliteModel
+from provisioning.cli import main as fleet_main
+
+
+@pytest.fixture()
+def models_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "models"
+    dst.mkdir()
+    src = default_models_dir()
+    manifest = load_manifest(src)
+    for spec in manifest.models.values():
+        shutil.copy(src / spec.file, dst / spec.file)
+    shutil.copy(src / "MANIFEST.json", dst / "MANIFEST.json")
+    return dst
+
+
+def test_every_shipped_model_matches_its_manifest() -> None:
+    manifest = load_manifest()
+    for mid in manifest.models:
+        assert len(manifest.verified_bytes(mid)) > 100_000
+    assert manifest.spec(manifest.default_embedder).variant == "int8"
+
+
+def test_corrupted_model_is_refused_naming_the_file(models_copy: Path) -> None:
+    manifest = load_manifest(models_copy)
+    path = models_copy / manifest.spec(manifest.default_embedder).file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError) as err:
+        FaceAnalyzer(VisionConfig(models_dir=models_copy))
+    assert str(path) in str(err.value) and "sha256" in str(err.value)
+    assert fleet_main(["models", "verify", "--models-dir", str(models_copy)]) == 1
+
+
+def test_missing_model_file_is_refused(models_copy: Path) -> None:
+    manifest = load_manifest(models_copy)
+    (models_copy / manifest.spec(manifest.default_detector).file).unlink()
+    with pytest.raises(ModelIntegrityError, match="file missing"):
+        FaceAnalyzer(VisionConfig(models_dir=models_copy))
+
+
+def test_manifest_field_errors_name_the_field(models_copy: Path) -> None:
+    doc = json.loads((models_copy / "MANIFEST.json").read_text())
+    del doc["models"]["dlib-resnet-v1-int8"]["alignment"]["template"]
+    (models_copy / "MANIFEST.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelManifestError,
+                       match=r"models\.dlib-resnet-v1-int8\.alignment\.template: missing"):
+        load_manifest(models_copy)
+    (models_copy / "MANIFEST.json").write_text("{not json")
+    with pytest.raises(ModelManifestError, match=r"MANIFEST\.json: unreadable"):
+        load_manifest(models_copy)
+
+
+def test_missing_delegate_is_named_or_falls_back() -> None:
+    manifest = load_manifest()
+    content = manifest.verified_bytes(manifest.default_detector)
+    with pytest.raises(DelegateUnavailableError, match=r"libedgetpu\.so\.1"):
+        TfliteModel(content, "det", RuntimeConfig(delegate=Delegate.EDGETPU))
+    with pytest.raises(DelegateUnavailableError, match=r"/nonexistent/libgpu\.so"):
+        TfliteModel(content, "det",
+                    RuntimeConfig(delegate=Delegate.GPU, delegate_library="/nonexistent/libgpu.so"))
+    model = TfliteModel(content, "det", RuntimeConfig(delegate=Delegate.EDGETPU, fallback_to_cpu=True))
+    assert model.delegate is Delegate.XNNPACK
+    model.invoke()
+
+
+def test_reference_cpu_kernels_agree_with_xnnpack() -> None:
+    manifest = load_manifest()
+    content = manifest.verified_bytes(manifest.default_detector)
+    outs = []
+    for delegate in (Delegate.XNNPACK, Delegate.CPU):
+        model = TfliteModel(content, "det", RuntimeConfig(delegate=delegate))
+        view = model.input_view()
+        view[:] = np.linspace(-1, 1, view.size, dtype=np.float32).reshape(view.shape)
+        del view
+        model.invoke()
+        outs.append(model.output(0))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-3)
