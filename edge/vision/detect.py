@@ -186,11 +186,11 @@ class BlazeFace:
 
     def decode(self, region: Region, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Boxes, keypoints and scores of anchors above threshold, in frame pixels (before NMS)."""
-        logits = self.model.output(self._cls_out)[0, :, 0]
+        logits = self.model.output_view(self._cls_out)[0, :, 0]
         keep = np.flatnonzero(logits >= self.logit_threshold)
         if keep.size == 0:
             return _EMPTY_BOXES, _EMPTY_KPS, _EMPTY_SCORES
-        reg = self.model.output(self._reg_out)[0, keep]
+        reg = self.model.output_view(self._reg_out)[0, keep]  # fancy indexing copies the few kept rows
         a = self.anchors[keep] * self.size
         cx, cy = reg[:, 0] + a[:, 0], reg[:, 1] + a[:, 1]
         half_w, half_h = reg[:, 2] / 2, reg[:, 3] / 2
@@ -200,6 +200,7 @@ class BlazeFace:
         boxes = boxes / scale + np.tile(offset, 2)
         kps = kps / scale + offset
         scores = 1.0 / (1.0 + np.exp(-logits[keep]))
+        del logits  # no view may outlive this call: the next invoke() refuses while one exists
         return boxes, kps, scores
 
     def run(self, rgb: np.ndarray, region: Region,

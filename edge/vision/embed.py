@@ -53,13 +53,14 @@ class Embedder:
             view[0] = x
         del view
         self.model.invoke()
-        y = self.model.output()[0].reshape(-1)
+        y = self.model.output_view()[0].reshape(-1)
         if self._out_dtype == np.float32:
             out[:] = y
         else:
             sc, zp = self._out_q
             np.subtract(y, zp, out=out, dtype=np.float32)  # in float: int8 arithmetic would wrap
             np.multiply(out, sc, out=out)
+        del y
         norm = float(np.linalg.norm(out))
         if norm > 0:
             out /= norm

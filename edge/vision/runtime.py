@@ -125,5 +125,10 @@ class TfliteModel:
         out: np.ndarray = self._it.get_tensor(self.outputs[index]["index"])
         return out
 
+    def output_view(self, index: int = 0) -> np.ndarray:
+        """A view of an output tensor, no copy; drop it before the next invoke()."""
+        view: np.ndarray = self._it.tensor(self.outputs[index]["index"])()
+        return view
+
     def invoke(self) -> None:
         self._it.invoke()

@@ -21,8 +21,8 @@ BLAZEFACE_NOTE = ("MediaPipe BlazeFace; 6 keypoints: right eye, left eye, nose t
 DLIB_LICENCE = ("CC0-1.0 (dlib_face_recognition_resnet_model_v1 weights, Davis King); "
                 "graph after face-api.js (MIT)")
 # Where the dlib ResNet expects image-left eye, image-right eye, nose tip and mouth centre in its
-# 150x150 input: fitted (bench/fit_alignment.py) by mapping BlazeFace keypoints into the chips that
-# dlib's own 5-point shape predictor + get_face_chip(size=150, padding=0.25) cut from the devset faces.
+# 150x150 input: dlib's chip (get_face_chip, size 150, padding 0.25) positions of those points, taken
+# from dlib's mean face shape. bench/fidelity.py measures how close our crops' embeddings come to dlib's.
 DLIB_TEMPLATE = [[47.6, 46.6], [100.5, 46.6], [74.0, 76.6], [74.0, 105.4]]
 DLIB_MEAN = [122.782, 117.001, 104.298]
 # Operating threshold and floor on the cosine score, measured by bench/accuracy.py on the devset:
