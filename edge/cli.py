@@ -12,7 +12,7 @@ from typing import Any
 from edge.vision.analyzer import AnalysedFace, FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TileLevel, TilePlan
 from edge.vision.errors import ImageDecodeError, VisionError
-from edge.vision.runtime import Delegate, RuntimeConfig
+from edge.vision.runtime import Delegate, RuntimeConfig, limit_blas_threads
 from edge.vision.timing import StageClock
 
 
@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _tile_plan(args.tiles)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    limit_blas_threads()
     try:
         code: int = args.func(args)
     except VisionError as exc:

@@ -20,6 +20,15 @@ from edge.vision.errors import DelegateUnavailableError, ModelLoadError
 log = logging.getLogger(__name__)
 
 
+def limit_blas_threads(threads: int = 1) -> None:
+    """Keep numpy's BLAS (gallery matching) to one thread: the interpreters already use the cores,
+    and a multi-threaded BLAS contending with them ran a 10k-entry match 40x slower (bench/match_scaling.py).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+
+
 class Delegate(StrEnum):
     """Where a model's operations run."""
 

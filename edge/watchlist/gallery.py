@@ -79,22 +79,31 @@ class Gallery:
 class Matcher:
     """Scores a frame's faces against one gallery in a single pass over its matrix.
 
-    The score buffer is allocated once (max_faces x N); matching a frame allocates only its results.
+    BLAS computes gallery x faces (N x k), which streams the gallery once whatever k is; for k > 1
+    the scores are transposed into a second buffer so the top-2 search runs along contiguous rows.
+    Buffers are reused across frames and grow only for a frame with more faces than any before.
     """
 
-    def __init__(self, gallery: Gallery, policy: MatchPolicy, max_faces: int = 32):
+    def __init__(self, gallery: Gallery, policy: MatchPolicy, max_faces: int = 8):
         self.gallery = gallery
         self.policy = policy
-        self._scores = np.empty((max_faces, gallery.size), np.float32)
+        size = gallery.size * max(1, max_faces)
+        self._by_entry = np.empty(size, np.float32)
+        self._by_face = np.empty(size, np.float32)
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
-        """Cosine scores (k x N) of k unit-length queries, in the reused buffer."""
-        k = queries.shape[0]
-        if k > self._scores.shape[0]:
-            self._scores = np.empty((k, self.gallery.size), np.float32)
-        out = self._scores[:k]
-        np.matmul(queries, self.gallery.matrix.T, out=out)
-        return out
+        """Cosine scores (k x N) of k unit-length queries, in a reused buffer."""
+        n, k = self.gallery.size, queries.shape[0]
+        if n * k > self._by_entry.size:
+            self._by_entry = np.empty(n * k, np.float32)
+            self._by_face = np.empty(n * k, np.float32)
+        by_entry = self._by_entry[: n * k].reshape(n, k)
+        np.matmul(self.gallery.matrix, queries.T, out=by_entry)
+        if k == 1:
+            return by_entry.reshape(1, n)
+        by_face = self._by_face[: n * k].reshape(k, n)
+        by_face[...] = by_entry.T
+        return by_face
 
     def match(self, queries: np.ndarray) -> list[Match]:
         """Top-1, runner-up and decision for each row of `queries` (k x d, unit length)."""
@@ -118,5 +127,6 @@ class Matcher:
         return out
 
     def release(self) -> None:
-        """Zero the score buffer: scores of non-matching faces must not linger."""
-        self._scores.fill(0)
+        """Zero the score buffers: scores of non-matching faces must not linger."""
+        self._by_entry.fill(0)
+        self._by_face.fill(0)
