@@ -229,7 +229,7 @@ class DetectorConfig:
     model_id: str | None = None  # None: the manifest's default detector
     score_threshold: float = 0.5
     iou_threshold: float = 0.3
-    tiles: TilePlan = TilePlan()
+    tiles: TilePlan = CROWD_PLAN  # events are crowds; TilePlan() for one whole-frame pass
     edge_margin: float = 2.0  # px: a box this close to an inner tile edge is taken as cut
 
 
@@ -254,6 +254,8 @@ class FaceDetector:
             found.kps.append(kps)
             found.scores.append(scores)
         if not any(s.size for s in found.scores):
+            if clock:
+                clock.lap("detect_decode")
             return []
         faces = weighted_nms(np.concatenate(found.boxes), np.concatenate(found.kps),
                              np.concatenate(found.scores), self.config.iou_threshold)
