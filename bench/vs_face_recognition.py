@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,12 +30,12 @@ from pathlib import Path
 import cv2
 import face_recognition
 import numpy as np
+from common import devset_dir
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, iou
 
-REPO = Path(__file__).resolve().parents[1]
-DEVSET = Path(os.environ.get("EDGE_DEVSET", str(REPO.parent / "shared" / "data" / "devset")))
+DEVSET = devset_dir()
 CLIP = "videos/WolfgangLanger_Pexels.mp4"
 MIN_FACE_PX = 40
 IOUS = (0.5, 0.3)
