@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import devset_dir
+from common import require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, FaceDetector, TileLevel, TilePlan, iou
@@ -225,9 +225,8 @@ def crowd(frames: list[Frame], detectors: dict[str, FaceDetector]) -> None:
 
 
 def main() -> int:
-    devset = devset_dir()
-    if not (devset / "annotations.json").exists():
-        print(f"devset not found at {devset} (set EDGE_DEVSET)", file=sys.stderr)
+    devset = require_devset()
+    if devset is None:
         return 2
     t0 = time.perf_counter()
     manifest = load_manifest()

@@ -25,7 +25,7 @@ from pathlib import Path
 import dlib
 import face_recognition_models
 import numpy as np
-from common import devset_dir
+from common import median_seconds, require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import iou
@@ -278,14 +278,6 @@ def report_latency(embedders: dict[str, Embedder], sample: dict, rounds: int = 1
     rec = dlib.face_recognition_model_v1(face_recognition_models.face_recognition_model_location())
     out = np.empty(128, np.float32)
 
-    def timed(fn) -> float:
-        ts = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
     fns = {SHORT[m]: (lambda e=e: e.embed_into(crop, out)) for m, e in embedders.items()}
     fns["dlib C++ ref"] = lambda: rec.compute_face_descriptor(sample["rgb"], sample["shape"])
     for fn in fns.values():  # warm-up
@@ -296,7 +288,7 @@ def report_latency(embedders: dict[str, Embedder], sample: dict, rounds: int = 1
     names = list(fns)
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-        t = {k: timed(fns[k]) for k in order}
+        t = {k: median_seconds(fns[k], reps) for k in order}
         base_ms.append(t["float32"] * 1e3)
         for k in names:
             ratios[k].append(t[k] / t["float32"])
@@ -310,9 +302,8 @@ def report_latency(embedders: dict[str, Embedder], sample: dict, rounds: int = 1
 
 
 def main() -> int:
-    devset = devset_dir()
-    if not (devset / "annotations.json").exists():
-        print(f"devset not found at {devset} (set EDGE_DEVSET)", file=sys.stderr)
+    devset = require_devset()
+    if devset is None:
         return 2
     t0 = time.perf_counter()
     faces, problems, analyzer, embedders, sample = collect(devset)

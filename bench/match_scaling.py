@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from common import median_seconds
 
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 
@@ -53,14 +54,6 @@ def random_unit(n: int, rng: np.random.Generator) -> np.ndarray:
         g[i:i + len(block)] = block
     return g
 
-
-def med_time(fn: Callable[[], object], reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def bench_size(n: int, rng: np.random.Generator) -> dict[str, float]:
@@ -87,14 +80,14 @@ def bench_size(n: int, rng: np.random.Generator) -> dict[str, float]:
 
     for fn in kernels.values():  # warm-up, and a first estimate of the cost of each
         fn()
-    t_one = max(med_time(kernels["match k=8"], 3), 1e-6)
+    t_one = max(median_seconds(kernels["match k=8"], 3), 1e-6)
     reps = int(min(500, max(3, BUDGET_S / t_one)))
     names = list(kernels)
     per_round: dict[str, list[float]] = {k: [] for k in names}
     bounds, which = [], []
     for r in range(ROUNDS):
         order = names[r % len(names):] + names[:r % len(names)]
-        t = {k: med_time(kernels[k], reps) for k in order}
+        t = {k: median_seconds(kernels[k], reps) for k in order}
         bound_name = min(("sum", "max", "gemv"), key=t.__getitem__)
         bound = t[bound_name]
         bounds.append(bound)
@@ -120,14 +113,16 @@ def main() -> int:
           f"target <= {TARGET:.0f}x at {', '.join(f'{n:,}' for n in sorted(JUDGED))}")
     print(f"{'gallery':>10s} {'MB':>6s} {'bound':>10s} {'by':>5s} {'GB/s':>6s}  {'sum':>6s} {'max':>6s} "
           f"{'gemv':>6s}  {'match k=1':>9s} {'match k=8':>9s}  {'scores1':>7s} {'scores8':>7s} {'G@q':>6s}  "
-          f"verdict")
+          f"verdict (k=1)")
     verdicts = []
     for n in SIZES:
         r = bench_size(n, rng)
         mb = n * DIM * 4 / 1e6
         v = ""
         if n in JUDGED:
-            ok = r["match k=1"] <= TARGET and r["match k=8"] <= TARGET
+            # judged on one face, as the issue states it; with 8 faces the product is compute-bound
+            # (8 x 2 x 128 flops per gallery float read), so the read-once bound is shown, not judged
+            ok = r["match k=1"] <= TARGET
             verdicts.append(ok)
             v = "PASS" if ok else "MISS"
         gbs = mb / 1e3 / r["bound_s"]

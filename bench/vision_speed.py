@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import devset_dir
+from common import devset_dir, require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TilePlan
@@ -408,8 +408,7 @@ def main() -> int:
     ap.add_argument("--frames-per-round", type=int, default=12, help="frames per plan per round (part a)")
     ap.add_argument("--rounds-clip", type=int, default=3, help="interleaved full-clip rounds for part b")
     args = ap.parse_args()
-    if not (DEVSET / "annotations.json").is_file():
-        print(f"devset not found at {DEVSET} (set EDGE_DEVSET)", file=sys.stderr)
+    if require_devset() is None:
         return 2
     t = now()
     frame = bench_frame(args.rounds_frame, args.frames_per_round)

@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import face_recognition
 import numpy as np
-from common import devset_dir
+from common import devset_dir, require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, iou
@@ -293,8 +293,7 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=8, help="use every Nth clip frame for the speed rounds")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the sampled clip frames")
     args = ap.parse_args()
-    if not (DEVSET / "annotations.json").is_file():
-        print(f"devset not found at {DEVSET} (set EDGE_DEVSET)", file=sys.stderr)
+    if require_devset() is None:
         return 2
     t = now()
     bench_clip(args.stride, args.rounds)
