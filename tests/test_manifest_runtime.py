@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
-from edge.vision.errors import DelegateUnavailableError, ModelIntegrityError, ModelManifestError
+from edge.vision.errors import (
+    DelegateUnavailableError,
+    ModelIntegrityError,
+    ModelLoadError,
+    ModelManifestError,
+)
 from edge.vision.manifest import default_models_dir, load_manifest
 from edge.vision.runtime import Delegate, RuntimeConfig, TfliteModel
 from provisioning.cli import main as fleet_main
@@ -91,3 +96,14 @@ def test_reference_cpu_kernels_agree_with_xnnpack() -> None:
         model.invoke()
         outs.append(model.output(0))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-3)
+
+
+def test_manifest_that_disagrees_with_the_model_is_a_load_error(models_copy: Path) -> None:
+    doc = json.loads((models_copy / "MANIFEST.json").read_text())
+    detector = doc["models"]["blazeface-full-range"]
+    embedder = doc["models"]["dlib-resnet-v1-int8"]
+    # a detector file posing as the embedder
+    embedder["file"], embedder["sha256"] = detector["file"], detector["sha256"]
+    (models_copy / "MANIFEST.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelLoadError, match=r"dlib-resnet-v1-int8: model input 192 px / output .* differ"):
+        FaceAnalyzer(VisionConfig(models_dir=models_copy))

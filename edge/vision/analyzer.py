@@ -84,6 +84,7 @@ class FaceAnalyzer:
     def release(self) -> None:
         """Zero every buffer that held face pixels or embeddings."""
         self._embeddings.fill(0)
+        self.detector.release()
         self.aligner.release()
         self.gate.release()
         self.embedder.release()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from edge.vision.errors import ModelLoadError
 from edge.vision.manifest import AnchorSpec, ModelManifest, ModelSpec
 from edge.vision.runtime import RuntimeConfig, TfliteModel
 from edge.vision.timing import StageClock
@@ -147,7 +148,7 @@ class BlazeFace:
     def __init__(self, spec: ModelSpec, content: bytes, runtime: RuntimeConfig,
                  score_threshold: float = 0.5):
         if spec.anchors is None:
-            raise ValueError(f"{spec.id} has no anchors: not a detector")
+            raise ModelLoadError(f"{spec.id}: MANIFEST.json gives no anchors: not a detector")
         self.spec = spec
         self.model = TfliteModel(content, spec.id, runtime)
         self.size = spec.input_size
@@ -156,7 +157,8 @@ class BlazeFace:
         self._reg_out, self._cls_out = outs[0], outs[1]
         n = int(self.model.outputs[self._cls_out]["shape"][1])
         if n != len(self.anchors):
-            raise ValueError(f"{spec.id}: model emits {n} anchors, manifest layout gives {len(self.anchors)}")
+            raise ModelLoadError(
+                f"{spec.id}: model emits {n} anchors, MANIFEST.json's layout gives {len(self.anchors)}")
         self.logit_threshold = math.log(score_threshold / (1.0 - score_threshold))
         self._canvas = np.zeros((self.size, self.size, 3), np.uint8)
         self._filled = (self.size, self.size)  # part of the canvas the last region wrote
@@ -203,6 +205,15 @@ class BlazeFace:
         del logits  # no view may outlive this call: the next invoke() refuses while one exists
         return boxes, kps, scores
 
+    def release(self) -> None:
+        """Zero every buffer that held frame pixels: canvas, resize buffers, the input tensor."""
+        self._canvas.fill(0)
+        for buf in self._resized.values():
+            buf.fill(0)
+        view = self.model.input_view()
+        view.fill(0)
+        del view
+
     def run(self, rgb: np.ndarray, region: Region,
             clock: StageClock | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         scale = self.prepare(rgb, region)
@@ -241,6 +252,9 @@ class FaceDetector:
         self.config = config
         self.blazeface = BlazeFace(manifest.spec(model_id), manifest.verified_bytes(model_id), runtime,
                                    config.score_threshold)
+
+    def release(self) -> None:
+        self.blazeface.release()
 
     def detect(self, rgb: np.ndarray, clock: StageClock | None = None) -> list[Detection]:
         h, w = rgb.shape[:2]

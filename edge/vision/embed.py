@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.vision.errors import ModelLoadError
 from edge.vision.manifest import ModelManifest, ModelSpec
 from edge.vision.runtime import RuntimeConfig, TfliteModel
 
@@ -13,14 +14,16 @@ class Embedder:
 
     def __init__(self, spec: ModelSpec, content: bytes, runtime: RuntimeConfig):
         if spec.embedding_size is None or spec.alignment is None:
-            raise ValueError(f"{spec.id} is not an embedder")
+            raise ModelLoadError(
+                f"{spec.id}: MANIFEST.json gives no embedding size or alignment: not an embedder")
         self.spec = spec
         self.model = TfliteModel(content, spec.id, runtime)
         inp, out = self.model.inputs[0], self.model.outputs[0]
         self.size = int(inp["shape"][1])
         self.dim = int(np.prod(out["shape"][1:]))
         if self.size != spec.alignment.size or self.dim != spec.embedding_size:
-            raise ValueError(f"{spec.id}: model shape differs from MANIFEST.json")
+            raise ModelLoadError(f"{spec.id}: model input {self.size} px / output {self.dim}-d differ from "
+                                 "MANIFEST.json")
         self._in_dtype = np.dtype(inp["dtype"])
         self._in_q = inp["quantization"]
         self._out_dtype = np.dtype(out["dtype"])
@@ -71,4 +74,8 @@ class Embedder:
         return out
 
     def release(self) -> None:
+        """Zero the staging buffer and the input tensor, which held the last face."""
         self._staging.fill(0)
+        view = self.model.input_view()
+        view.fill(0)
+        del view
