@@ -1,19 +1,27 @@
-"""`edge-node`: the device's command line (demo, faces)."""
+"""`edge-node`: the device's command line (demo, faces, keygen, trust, shard)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.identity import IdentityError, create_identity
+from edge.trust.keys import KeyFileError
+from edge.trust.root import TrustError
+from edge.trust.times import format_time, now, parse_time
 from edge.vision.analyzer import AnalysedFace, FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TileLevel, TilePlan
 from edge.vision.errors import ImageDecodeError, VisionError
+from edge.vision.manifest import ModelSpec, load_manifest
 from edge.vision.runtime import Delegate, RuntimeConfig, limit_blas_threads
 from edge.vision.timing import StageClock
+from edge.watchlist.loader import DEFAULT_MAX_SHARD_BYTES
+from edge.watchlist.store import ShardStore, StoreError
 
 
 def _vision_args(p: argparse.ArgumentParser) -> None:
@@ -111,6 +119,70 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(_vision_config(args), out=sys.stdout)
 
 
+DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Create this device's X25519 and Ed25519 keys (never overwriting) and print its public identity."""
+    device_id = args.device_id or socket.gethostname().split(".")[0].lower()
+    ident = create_identity(args.state_dir, device_id)
+    print(json.dumps(ident.public(), indent=1))
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    """Trust a fleet root (init: first trust, given out of band) or move to its next version (update)."""
+    store = ShardStore(args.state_dir)
+    data = Path(args.root).read_bytes()
+    trusted = store.trust_init(data) if args.trust_command == "init" else store.trust_update(data)
+    r = trusted.root
+    print(f"trusting fleet {r.fleet!r} root v{r.version} (expires {format_time(r.expires)})")
+    return 0
+
+
+def _node_model(args: argparse.Namespace) -> ModelSpec:
+    manifest = load_manifest(args.models_dir)
+    return manifest.spec(args.embedder or manifest.default_embedder)
+
+
+def cmd_shard_load(args: argparse.Namespace) -> int:
+    """Verify a shard file with every check, in order; only if all pass does it replace the one in force."""
+    store = ShardStore(args.state_dir, max_bytes=args.max_bytes)
+    before = store.state()["current"]
+    try:
+        accepted = store.load(Path(args.file), _node_model(args), now())
+    except TrustError as exc:
+        kept = f"shard {before['shard_id']} v{before['version']} stays in force" if before else "no shard in force"
+        print(f"edge-node shard load: {args.file}: rejected: {type(exc).__name__}: {exc}; {kept}", file=sys.stderr)
+        return 1
+    m = accepted.manifest
+    print(f"accepted shard {m.shard_id} v{m.version}: deployment {m.deployment.id}, {m.entries} entries, "
+          f"threshold {m.deployment.threshold}, expires {format_time(m.expires)}")
+    accepted.gallery.wipe()  # this command only installs the shard; the running node holds the gallery
+    return 0
+
+
+def cmd_shard_status(args: argparse.Namespace) -> int:
+    """What is in force: shard, version, deployment, expiry (and whether it has expired)."""
+    store = ShardStore(args.state_dir)
+    state = store.state()
+    cur = state["current"]
+    if args.json:
+        print(json.dumps(state))
+        return 0
+    if cur is None:
+        print(f"no shard in force (version floor {state['version_floor']})")
+        return 0
+    expired = now() >= parse_time(cur["expires"])
+    dep = cur["deployment"]
+    print(f"shard {cur['shard_id']} v{cur['version']} ({cur['entries']} entries, model {cur['model']['id']})\n"
+          f"  deployment {dep['id']} ({dep['authorisation']}), {dep['start']} .. {dep['end']}, "
+          f"cameras {', '.join(dep['cameras'])}, threshold {dep['threshold']}, "
+          f"retention {dep['retention_days']} days\n"
+          f"  expires {cur['expires']}{' (EXPIRED: not matching)' if expired else ''}; accepted {cur['accepted']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-node", description="Edge face-match node.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,21 +196,56 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--json", action="store_true", help="one JSON object per image, per line")
     _vision_args(faces)
     faces.set_defaults(func=cmd_faces)
+
+    def state_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                       help=f"the node's state directory (default {DEFAULT_STATE_DIR})")
+
+    keygen = sub.add_parser("keygen", help="create this device's keys and print its public identity",
+                            description=cmd_keygen.__doc__)
+    keygen.add_argument("--device-id", help="device id (default: the host name)")
+    state_arg(keygen)
+    keygen.set_defaults(func=cmd_keygen)
+    trust = sub.add_parser("trust", help="the fleet root this node trusts", description=cmd_trust.__doc__)
+    trust_sub = trust.add_subparsers(dest="trust_command", required=True)
+    for verb, what in (("init", "trust a fleet root for the first time"),
+                       ("update", "accept the next version of the trusted root")):
+        p = trust_sub.add_parser(verb, help=what, description=cmd_trust.__doc__)
+        p.add_argument("root", metavar="ROOT.json")
+        state_arg(p)
+        p.set_defaults(func=cmd_trust)
+    shard = sub.add_parser("shard", help="the signed, encrypted watch-list shard", description="Watch-list shards.")
+    shard_sub = shard.add_subparsers(dest="shard_command", required=True)
+    load = shard_sub.add_parser("load", help="verify a shard and put it in force", description=cmd_shard_load.__doc__)
+    load.add_argument("file", metavar="FILE")
+    load.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_SHARD_BYTES, help="size cap")
+    load.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
+    load.add_argument("--embedder", help="the embedder this node runs (default: the manifest's)")
+    state_arg(load)
+    load.set_defaults(func=cmd_shard_load)
+    status = shard_sub.add_parser("status", help="show the shard in force", description=cmd_shard_status.__doc__)
+    status.add_argument("--json", action="store_true")
+    state_arg(status)
+    status.set_defaults(func=cmd_shard_status)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        _tile_plan(args.tiles)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(str(exc))
+    if hasattr(args, "tiles"):
+        try:
+            _tile_plan(args.tiles)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except VisionError as exc:
-        print(f"edge-node {args.command}: {exc}", file=sys.stderr)
+    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError) as exc:
+        print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"edge-node {args.command}: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return code
 
