@@ -77,6 +77,19 @@ def load_watchlist(fleet: Fleet, name: str) -> WatchList:
     return WatchList(name, doc["model"]["id"], doc["model"]["sha256"], doc["entries"], emb)
 
 
+def save_watchlist(fleet: Fleet, name: str, entries: list[dict[str, Any]], matrix: np.ndarray, model_id: str,
+                   model_sha256: str) -> None:
+    """Write a watch list: entries.json (names, provenance: stays with the fleet) + embeddings.npy."""
+    out_dir = watchlist_dir(fleet, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = {"name": name, "built": format_time(now()), "model": {"id": model_id, "sha256": model_sha256},
+           "entries": entries}
+    tmp = out_dir / ".embeddings.npy"
+    np.save(tmp, np.ascontiguousarray(matrix, np.float32), allow_pickle=False)
+    tmp.replace(out_dir / "embeddings.npy")
+    write_atomic(out_dir / "entries.json", json.dumps(doc, indent=1).encode() + b"\n", 0o600)
+
+
 def build_watchlist(fleet: Fleet, name: str, photos_dir: Path, meta_csv: Path, analyzer: FaceAnalyzer,
                     progress: TextIO) -> BuildReport:
     """Build (or rebuild) a watch list; refused rows are reported with their reason, the rest built."""
@@ -93,6 +106,7 @@ def build_watchlist(fleet: Fleet, name: str, photos_dir: Path, meta_csv: Path, a
         progress.write(f"\r[{i + 1}/{len(rows)}] {row.get('reference', '')[:40]:<40}")
         progress.flush()
         problem, vector, photos = _entry(row, photos_dir, analyzer)
+        analyzer.release()
         if problem:
             report.refused.append(Refusal(line, row.get("reference", ""), problem))
             continue
@@ -104,14 +118,8 @@ def build_watchlist(fleet: Fleet, name: str, photos_dir: Path, meta_csv: Path, a
         vectors.append(vector)
     progress.write("\n")
     spec = analyzer.embedder_spec
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, analyzer.embedder.dim), np.float32)
-    doc = {"name": name, "built": format_time(now()), "model": {"id": spec.id, "sha256": spec.sha256},
-           "entries": entries}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".embeddings.npy"
-    np.save(tmp, matrix, allow_pickle=False)
-    tmp.replace(out_dir / "embeddings.npy")
-    write_atomic(out_dir / "entries.json", json.dumps(doc, indent=1).encode() + b"\n", 0o600)
+    matrix = np.stack(vectors) if vectors else np.zeros((0, analyzer.embedder.dim), np.float32)
+    save_watchlist(fleet, name, entries, matrix, spec.id, spec.sha256)
     report.entries = len(entries)
     report.seconds = time.perf_counter() - t0
     return report
@@ -158,6 +166,5 @@ def _entry(row: dict[str, str], photos_dir: Path,
         if face.embedding is None:
             return f"{photo}: face of poor quality ({', '.join(face.quality.reasons)})", None, []
         vectors.append(face.embedding.copy())
-    analyzer.release()
     mean = np.mean(vectors, axis=0)
     return None, (mean / np.linalg.norm(mean)).astype(np.float32), photos

@@ -188,6 +188,10 @@ def load_root_bytes(data: bytes) -> tuple[Root, Signed]:
     return parse_root(signed), signed
 
 
+def _only(signed: Signed, keyids: set[str]) -> Signed:
+    return Signed(signed.body, signed.body_bytes, tuple(s for s in signed.signatures if s[0] in keyids))
+
+
 class TrustedRoot:
     """The root a node (or tool) trusts now; it changes only through properly signed rotations."""
 
@@ -198,7 +202,9 @@ class TrustedRoot:
     def bootstrap(cls, data: bytes) -> TrustedRoot:
         """First trust, given out of band (provisioning): the root must at least sign itself."""
         root, signed = load_root_bytes(data)
-        root.verify(signed, "root")
+        own = set(root.roles["root"].keyids)
+        # a rotated root also carries its predecessor's signatures, checked when it was accepted
+        root.verify(_only(signed, own), "root")
         return cls(root)
 
     def update(self, data: bytes) -> Root:
@@ -210,17 +216,13 @@ class TrustedRoot:
             raise RootRollbackError(
                 f"root v{new.version} is not the next version after trusted v{self.root.version}")
         old_ids = set(self.root.roles["root"].keyids)
-        old_sigs = Signed(signed.body, signed.body_bytes,
-                          tuple(s for s in signed.signatures if s[0] in old_ids))
         new_ids = set(new.roles["root"].keyids)
         for kid, _ in signed.signatures:
             if kid not in old_ids | new_ids:
                 raise UnknownSignerError(f"key {kid[:16]}... is a root key of neither v{self.root.version} "
                                          f"nor v{new.version}")
-        self.root.verify(old_sigs, "root")
-        new_sigs = Signed(signed.body, signed.body_bytes,
-                          tuple(s for s in signed.signatures if s[0] in new_ids))
-        new.verify(new_sigs, "root")
+        self.root.verify(_only(signed, old_ids), "root")
+        new.verify(_only(signed, new_ids), "root")
         self.root = new
         return new
 
