@@ -46,17 +46,19 @@ class Match:
 class Gallery:
     """N unit-length embeddings (float32, N x d, C-contiguous) and their opaque entry ids."""
 
-    def __init__(self, embeddings: np.ndarray, entry_ids: Sequence[str]):
+    def __init__(self, embeddings: np.ndarray, entry_ids: Sequence[str], adopt: bool = False):
+        """Copies the embeddings, unless `adopt`: then a writable float32 C-contiguous array becomes the
+        gallery's own (normalised in place, wiped by wipe()); the caller must not keep other references."""
         if embeddings.ndim != 2:
             raise GalleryError(f"embeddings must be N x d, got shape {embeddings.shape}")
         if embeddings.shape[0] != len(entry_ids):
             raise GalleryError(f"{embeddings.shape[0]} embeddings but {len(entry_ids)} entry ids")
         if len(set(entry_ids)) != len(entry_ids):
             raise GalleryError("entry ids must be unique (one row per entry)")
-        self.matrix = np.ascontiguousarray(embeddings, np.float32)
-        if self.matrix is embeddings:
-            self.matrix = embeddings.copy()
-        norms = np.linalg.norm(self.matrix, axis=1)
+        owned = (adopt and embeddings.dtype == np.float32 and embeddings.flags.c_contiguous
+                 and embeddings.flags.writeable)
+        self.matrix = embeddings if owned else np.array(embeddings, np.float32, order="C")
+        norms = np.sqrt(np.einsum("ij,ij->i", self.matrix, self.matrix))
         if np.any(norms == 0) or not np.all(np.isfinite(norms)):
             raise GalleryError("every embedding must be finite and non-zero")
         self.matrix /= norms[:, None]

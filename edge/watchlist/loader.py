@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -53,7 +54,7 @@ class AcceptedShard:
 
     manifest: ShardManifest
     gallery: Gallery
-    file_sha256: str
+    manifest_sha256: str  # identifies the shard: the manifest covers the ciphertext's sha256
 
 
 class ShardVerifier:
@@ -86,23 +87,25 @@ class ShardVerifier:
         recipient = self._recipient(manifest)
         self._payload(manifest, ciphertext)
         key = self._unwrap(manifest, recipient.wrapped_key)
+        # Decrypted straight into the buffer the gallery then owns: no second copy of the watch list.
         plaintext = bytearray(len(ciphertext) - 16)
         try:
             try:
-                AESGCM(key).decrypt_into(manifest.nonce, bytes(ciphertext), manifest.associated_data(),
-                                         plaintext)
+                AESGCM(key).decrypt_into(manifest.nonce, ciphertext, manifest.associated_data(), plaintext)
             except InvalidTag:
                 raise ShardDecryptError("payload does not decrypt (AES-GCM tag mismatch)") from None
             ids, matrix = decode_payload(memoryview(plaintext), manifest.entries, manifest.dim)
-            try:
-                gallery = Gallery(matrix, ids)  # copies into its own normalised matrix
-            except GalleryError as exc:
+            gallery = Gallery(matrix, ids, adopt=True)
+        except (ShardFormatError, ShardDecryptError, GalleryError) as exc:
+            np.frombuffer(plaintext, np.uint8).fill(0)
+            if isinstance(exc, GalleryError):
                 raise ShardFormatError(f"payload: {exc}") from None
-            del matrix
-        finally:
-            plaintext[:] = bytes(len(plaintext))
+            raise
+        # the ids region of the buffer is no longer needed; the matrix region is the gallery
+        np.frombuffer(plaintext, np.uint8, count=len(plaintext) - matrix.nbytes).fill(0)
+        del matrix
         self._model(manifest, gallery)
-        return AcceptedShard(manifest, gallery, hashlib.sha256(data).hexdigest())
+        return AcceptedShard(manifest, gallery, hashlib.sha256(envelope).hexdigest())
 
     def _size(self, n: int) -> None:
         if n > self.max_bytes:

@@ -32,8 +32,8 @@ HPKE_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256
 WRAPPED_KEY_BYTES = 32 + 32 + 16  # HPKE enc (X25519 public) + AES-256 key + tag
 NONCE_BYTES = 12
 PAYLOAD_MAGIC = b"EDGEGAL1"
-PAYLOAD_HEADER = struct.Struct(">8sIH")  # magic, entries, dim
-MAX_ENTRY_ID = 64
+PAYLOAD_HEADER = struct.Struct(">8sIHH")  # magic, entries, dim, reserved (0): 16 bytes, keeps rows aligned
+ENTRY_ID_BYTES = 16
 
 
 class ShardError(TrustError):
@@ -261,45 +261,41 @@ def parse_manifest(signed: Signed) -> ShardManifest:
 # -- the gallery payload (plaintext) --
 
 def encode_payload(entry_ids: Sequence[str], matrix: np.ndarray) -> bytes:
-    """magic | entries (u32) | dim (u16) | per entry: id length (u8) + ASCII id | float32 LE matrix."""
+    """magic | entries (u32) | dim (u16) | 0 (u16) | ids, 16 bytes each (ASCII, NUL-padded) | float32 LE."""
     n, d = matrix.shape
     if n != len(entry_ids):
         raise ValueError("one entry id per row")
-    parts = [PAYLOAD_HEADER.pack(PAYLOAD_MAGIC, n, d)]
-    for eid in entry_ids:
-        raw = eid.encode("ascii")
-        if not 1 <= len(raw) <= MAX_ENTRY_ID or not eid.isprintable():
-            raise ValueError(f"entry id {eid!r}: 1-{MAX_ENTRY_ID} printable ASCII characters")
-        parts.append(bytes([len(raw)]) + raw)
-    parts.append(np.ascontiguousarray(matrix, "<f4").tobytes())
-    return b"".join(parts)
+    ids = np.zeros(n, f"S{ENTRY_ID_BYTES}")
+    for i, eid in enumerate(entry_ids):
+        if not 1 <= len(eid) <= ENTRY_ID_BYTES or not eid.isascii() or not eid.isprintable():
+            raise ValueError(f"entry id {eid!r}: 1-{ENTRY_ID_BYTES} printable ASCII characters")
+        ids[i] = eid.encode("ascii")
+    return PAYLOAD_HEADER.pack(PAYLOAD_MAGIC, n, d, 0) + ids.tobytes() + np.ascontiguousarray(matrix, "<f4").tobytes()
 
 
 def decode_payload(buf: memoryview, entries: int, dim: int) -> tuple[list[str], np.ndarray]:
-    """Strict inverse of encode_payload. The matrix is a view into buf (no copy)."""
+    """Strict inverse of encode_payload, vectorised. The matrix is a view into buf (no copy), writable
+    if buf is, and 16-byte aligned within it."""
     if len(buf) < PAYLOAD_HEADER.size:
         raise ShardFormatError("payload: truncated header")
-    magic, n, d = PAYLOAD_HEADER.unpack_from(buf)
-    if magic != PAYLOAD_MAGIC or n != entries or d != dim:
-        raise ShardFormatError(f"payload: header ({magic!r}, {n} x {d}) differs from the manifest "
+    magic, n, d, reserved = PAYLOAD_HEADER.unpack_from(buf)
+    if magic != PAYLOAD_MAGIC or n != entries or d != dim or reserved:
+        raise ShardFormatError(f"payload: header ({bytes(magic)!r}, {n} x {d}) differs from the manifest "
                                f"({entries} x {dim})")
-    off = PAYLOAD_HEADER.size
-    ids = []
-    for i in range(n):
-        if off >= len(buf):
-            raise ShardFormatError(f"payload: entry id {i} truncated")
-        k = buf[off]
-        raw = bytes(buf[off + 1:off + 1 + k])
-        if not 1 <= k <= MAX_ENTRY_ID or len(raw) != k or not raw.isascii() or not raw.decode().isprintable():
-            raise ShardFormatError(f"payload: entry id {i} malformed")
-        ids.append(raw.decode())
-        off += 1 + k
-    if len(set(ids)) != len(ids):
+    ids_end = PAYLOAD_HEADER.size + ENTRY_ID_BYTES * n
+    if len(buf) != ids_end + 4 * n * d:
+        raise ShardFormatError(f"payload: {len(buf)} bytes, expected {ids_end + 4 * n * d} for {n} x {d}")
+    raw = np.frombuffer(buf, np.uint8, count=ENTRY_ID_BYTES * n, offset=PAYLOAD_HEADER.size).reshape(n, -1)
+    used = raw != 0
+    # printable ASCII, then only NUL padding: no NUL inside an id, at least one character
+    if n and (not np.all((raw[used] >= 0x20) & (raw[used] < 0x7F)) or not np.all(used[:, 0])
+              or np.any(used[:, 1:] & ~used[:, :-1])):
+        raise ShardFormatError("payload: malformed entry id (printable ASCII, NUL-padded to 16 bytes)")
+    ids = np.frombuffer(buf, f"S{ENTRY_ID_BYTES}", count=n, offset=PAYLOAD_HEADER.size).astype(
+        f"U{ENTRY_ID_BYTES}").tolist()
+    if len(set(ids)) != n:
         raise ShardFormatError("payload: duplicate entry ids")
-    if len(buf) - off != 4 * n * d:
-        raise ShardFormatError(f"payload: {len(buf) - off} matrix bytes, expected {4 * n * d}")
-    matrix = np.frombuffer(buf, "<f4", count=n * d, offset=off).reshape(n, d)
+    matrix = np.frombuffer(buf, "<f4", count=n * d, offset=ids_end).reshape(n, d)
     if not np.all(np.isfinite(matrix)):
         raise ShardFormatError("payload: non-finite embedding values")
     return ids, matrix
-

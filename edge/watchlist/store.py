@@ -88,7 +88,7 @@ class ShardStore:
         summary = {"shard_id": m.shard_id, "version": m.version, "issued": format_time(m.issued),
                    "expires": format_time(m.expires), "deployment": m.deployment.to_body(),
                    "model": {"id": m.model_id, "sha256": m.model_sha256}, "entries": m.entries,
-                   "file_sha256": accepted.file_sha256, "accepted": format_time(now)}
+                   "manifest_sha256": accepted.manifest_sha256, "accepted": format_time(now)}
         write_atomic(self.state_path, json.dumps({"version_floor": m.version, "current": summary},
                                                  indent=1).encode() + b"\n", 0o600)
         return accepted
