@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.identity import IdentityError, create_identity
+from edge.identity import IdentityError, create_identity, load_identity
+from edge.tls import DeviceTLS, TLSIdentityError
 from edge.trust.keys import KeyFileError
 from edge.trust.root import TrustError
 from edge.trust.times import format_time, now, parse_time
@@ -130,6 +131,22 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cert(args: argparse.Namespace) -> int:
+    """The broker TLS identity. request: make the TLS key (once, on the device) and a CSR for the fleet to
+    certify; install: store the certificate the fleet issued and its CA, after checking they belong."""
+    ident = load_identity(args.state_dir)
+    tls = DeviceTLS(args.state_dir)
+    if args.cert_command == "request":
+        csr = tls.request(ident.device_id)
+        print(f"{csr}\ncertify it on the fleet side: edge-fleet cert issue device {ident.device_id} --csr "
+              f"{csr.name} --fleet-dir F")
+    else:
+        cert = tls.install(ident.device_id, Path(args.cert).read_bytes(), Path(args.ca).read_bytes())
+        print(f"installed {tls.cert} (CN {ident.device_id}, until {format_time(cert.not_valid_after_utc)}) and "
+              f"{tls.ca}")
+    return 0
+
+
 def cmd_trust(args: argparse.Namespace) -> int:
     """Trust a fleet root (init: first trust, given out of band) or move to its next version (update)."""
     store = ShardStore(args.state_dir)
@@ -206,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--device-id", help="device id (default: the host name)")
     state_arg(keygen)
     keygen.set_defaults(func=cmd_keygen)
+    cert = sub.add_parser("cert", help="this device's broker TLS certificate", description=cmd_cert.__doc__)
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
+    creq = cert_sub.add_parser("request", help="create the TLS key and a CSR", description=cmd_cert.__doc__)
+    state_arg(creq)
+    creq.set_defaults(func=cmd_cert)
+    cinst = cert_sub.add_parser("install", help="install the issued certificate", description=cmd_cert.__doc__)
+    cinst.add_argument("cert", metavar="CERT.crt")
+    cinst.add_argument("--ca", required=True, help="the fleet CA certificate (ca.crt)")
+    state_arg(cinst)
+    cinst.set_defaults(func=cmd_cert)
     trust = sub.add_parser("trust", help="the fleet root this node trusts", description=cmd_trust.__doc__)
     trust_sub = trust.add_subparsers(dest="trust_command", required=True)
     for verb, what in (("init", "trust a fleet root for the first time"),
@@ -241,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError) as exc:
+    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError) as exc:
         print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from edge.trust.keys import KeyFileError, raw_public, read_ed25519, read_x25519, write_private
 
@@ -30,6 +33,12 @@ class DeviceIdentity:
     device_id: str
     encryption_key: X25519PrivateKey
     signing_key: Ed25519PrivateKey
+
+    def storage_key(self, purpose: str) -> bytes:
+        """A 32-byte key for encrypting this device's own files at rest (outbox, evidence), derived from
+        its X25519 key with HKDF so sealing the identity (systemd-creds, TPM) seals these too."""
+        raw = self.encryption_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return HKDF(hashes.SHA256(), 32, salt=b"edge-storage/v1", info=purpose.encode()).derive(raw)
 
     def public(self) -> dict[str, Any]:
         return {"device_id": self.device_id,

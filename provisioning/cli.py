@@ -8,13 +8,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge.events.commands import shard_push_args
+from edge.events.link import BrokerURLError
 from edge.trust.root import TrustError
-from edge.trust.times import format_time
+from edge.trust.times import format_time, now
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.vision.errors import VisionError
 from edge.vision.manifest import load_manifest
 from edge.vision.runtime import limit_blas_threads
-from provisioning.fleet import Fleet, FleetError
+from provisioning.broker import BrokerConfig
+from provisioning.ca import CertificateError, FleetCA
+from provisioning.commands import sign_command
+from provisioning.console import EventTail, FleetClient, publish_commands, run_tail
+from provisioning.fleet import Fleet, FleetError, passphrase
+from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
 from provisioning.shards import issue_shard
 from provisioning.watchlist import build_watchlist
 
@@ -40,6 +47,7 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     """Create a fleet: offline root keys (one file per custodian), online shard and command keys, root v1."""
     root = Fleet(args.fleet_dir).init(args.fleet, args.root_keys, args.root_threshold)
+    FleetCA(args.fleet_dir, passphrase("the fleet CA key")).init(args.fleet)
     print(f"fleet {root.fleet!r}: root v1 ({args.root_threshold} of {args.root_keys} root keys), "
           f"in {args.fleet_dir}; give each keys/root-N.pem to its custodian and keep it offline")
     print(f"devices trust it with: edge-node trust init {Fleet(args.fleet_dir).root_path(1)}")
@@ -114,6 +122,108 @@ def cmd_shard_issue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ca(args: argparse.Namespace) -> FleetCA:
+    return FleetCA(args.fleet_dir, passphrase("the fleet CA key"))
+
+
+def cmd_ca_init(args: argparse.Namespace) -> int:
+    """Create the fleet's certificate authority for broker TLS (done by `init` for new fleets)."""
+    cert = _ca(args).init(Fleet(args.fleet_dir).name)
+    print(f"fleet CA {cert.subject.rfc4514_string()} -> {args.fleet_dir / 'ca' / 'ca.crt'}")
+    return 0
+
+
+def cmd_cert_issue(args: argparse.Namespace) -> int:
+    """Issue a broker TLS certificate. A device's key is born on the device: certify its CSR
+    (`edge-node cert request`); admins and operators get a new key (encrypted) and certificate."""
+    ca = _ca(args)
+    fleet = Fleet(args.fleet_dir)
+    if args.kind == "device":
+        if not args.csr:
+            raise FleetError("a device certificate needs --csr (from `edge-node cert request` on the device)")
+        device = fleet.device(args.name)
+        if device.status != "active":
+            raise FleetError(f"device {args.name!r} is {device.status}")
+        out = Path(args.out or f"{args.name}.crt")
+        issued = ca.sign_csr("device", args.name, Path(args.csr), out)
+        print(f"issued {issued.common_name} (serial {issued.serial:x}, until {issued.not_after}) -> {out}; "
+              f"install on the device with its CA: edge-node cert install {out} --ca {ca.cert_path}")
+    elif args.kind == "broker":
+        names = [args.name, *args.alt_name]
+        out_dir = Path(args.out or ".")
+        key, crt = ca.issue_broker(names, out_dir)
+        print(f"broker certificate for {', '.join(names)}: {crt} (key {key})")
+    else:
+        crt = issue_person(fleet, ca, args.kind, args.name, passphrase("the fleet CA key"))
+        print(f"issued {args.kind}.{args.name} -> {crt}; re-run `edge-fleet broker config` so the broker's ACL "
+              "knows it")
+    return 0
+
+
+def cmd_operator_add(args: argparse.Namespace) -> int:
+    """An operator (alert reviewer): an X25519 key that opens sealed evidence, and a broker certificate."""
+    fleet = Fleet(args.fleet_dir)
+    op = add_operator(fleet, _ca(args), args.name, passphrase("the operator key"))
+    print(f"operator {op.name}: evidence key {op.key_id[:16]}... (public {op.x25519}); "
+          f"nodes seal crops to {fleet.dir / 'operators' / (op.name + '.json')}")
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    """Write a production mosquitto configuration: TLS client certificates only, identity = CN, client id
+    forced to it, per-device ACLs from the topic layout, persistence; plus the broker's certificate."""
+    fleet = Fleet(args.fleet_dir)
+    ca = _ca(args)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.crt").write_bytes(ca.cert_path.read_bytes())
+    if not (out / "broker.crt").exists():
+        ca.issue_broker([args.hostname, *args.alt_name], out)
+    conf = BrokerConfig(out, args.port, args.bind, log_dest="syslog", run_as=None).write(
+        [f"admin.{n}" for n in people(fleet, "admin")], [f"operator.{n}" for n in people(fleet, "operator")])
+    print(f"wrote {conf}, {out / 'acl'}, {out / 'broker.crt'}; run: mosquitto -c {conf} "
+          "(the key files must be readable by the user mosquitto runs as)")
+    return 0
+
+
+def cmd_events_tail(args: argparse.Namespace) -> int:
+    """Print match events as JSON lines: each verified against its registered device, evidence opened with
+    the operator key, duplicates dropped by event id; anything forged, altered or expired is flagged."""
+    fleet = Fleet(args.fleet_dir)
+    secret = passphrase("the operator key")
+    names = people(fleet, "operator")
+    name = args.operator or (names[0] if len(names) == 1 else None)
+    settings = fleet_settings(fleet, args.broker, "operator", name, secret)
+    key_path = Path(args.operator_key) if args.operator_key else fleet.dir / "operators" / f"{name}.pem"
+    tail = EventTail(fleet, operator_key(key_path, secret), now,
+                     Path(args.evidence_dir) if args.evidence_dir else None)
+    client = FleetClient(settings, settings.cert_file.stem)
+    try:
+        counts = run_tail(client, tail, sys.stdout, args.count, args.idle_timeout, args.device or ())
+    except KeyboardInterrupt:
+        counts = tail.counts
+    print(json.dumps({"summary": counts.to_json()}), file=sys.stderr)
+    return 0
+
+
+def cmd_shard_push(args: argparse.Namespace) -> int:
+    """Send a shard to devices as a signed shard-push command and report each device's signed answer."""
+    fleet = Fleet(args.fleet_dir)
+    shard = Path(args.file).read_bytes()
+    commands = {}
+    for dev in [d for d in args.devices.split(",") if d]:
+        cid, envelope = sign_command(fleet, dev, "shard-push", shard_push_args(shard))
+        commands[dev] = ("shard-push", cid, envelope)
+    settings = fleet_settings(fleet, args.broker, "admin", args.admin, passphrase("the admin key"))
+    results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait)
+    for r in results:
+        print(json.dumps({"device_id": r.device_id, "command_id": r.command_id, "ok": r.ok, "code": r.code,
+                          "reason": r.reason, "detail": r.detail}))
+    if all(r.ok for r in results):
+        return 0
+    return 1 if all(r.answered for r in results) else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-fleet", description="Fleet administration for edge face-match nodes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +292,67 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     fleet_arg(issue)
     issue.set_defaults(func=cmd_shard_issue)
+    push = shard_sub.add_parser("push", help="send a shard to devices over MQTT (signed command)",
+                                description=cmd_shard_push.__doc__)
+    push.add_argument("file", metavar="FILE", help="the shard file (from `shard issue`)")
+    push.add_argument("--devices", required=True, help="comma-separated device ids")
+    push.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
+    push.add_argument("--admin", help="which admin certificate to use (default: the only one)")
+    push.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the devices' answers")
+    fleet_arg(push)
+    push.set_defaults(func=cmd_shard_push)
+
+    ca = sub.add_parser("ca", help="the fleet's certificate authority", description="Certificate authority.")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="create the CA (existing fleets)", description=cmd_ca_init.__doc__)
+    fleet_arg(ca_init)
+    ca_init.set_defaults(func=cmd_ca_init)
+
+    cert = sub.add_parser("cert", help="broker TLS certificates", description="Certificates.")
+    cert_sub = cert.add_subparsers(dest="cert_command", required=True)
+    cissue = cert_sub.add_parser("issue", help="issue a device, admin, operator or broker certificate",
+                                 description=cmd_cert_issue.__doc__)
+    cissue.add_argument("kind", choices=["device", "admin", "operator", "broker"])
+    cissue.add_argument("name", help="device id, person's name, or the broker's host name")
+    cissue.add_argument("--csr", help="device: the CSR file from the device")
+    cissue.add_argument("--alt-name", action="append", default=[], help="broker: more host names / IPs")
+    cissue.add_argument("--out", help="device: certificate file; broker: output directory")
+    fleet_arg(cissue)
+    cissue.set_defaults(func=cmd_cert_issue)
+
+    operator = sub.add_parser("operator", help="alert reviewers and their evidence keys", description="Operators.")
+    op_sub = operator.add_subparsers(dest="operator_command", required=True)
+    op_add = op_sub.add_parser("add", help="add an operator", description=cmd_operator_add.__doc__)
+    op_add.add_argument("name")
+    fleet_arg(op_add)
+    op_add.set_defaults(func=cmd_operator_add)
+
+    broker = sub.add_parser("broker", help="the MQTT broker's configuration", description="Broker.")
+    b_sub = broker.add_subparsers(dest="broker_command", required=True)
+    bconf = b_sub.add_parser("config", help="write mosquitto.conf, ACL and certificates",
+                             description=cmd_broker_config.__doc__)
+    bconf.add_argument("--out-dir", required=True)
+    bconf.add_argument("--hostname", required=True, help="the name devices use to reach the broker")
+    bconf.add_argument("--alt-name", action="append", default=[], help="more host names / IPs")
+    bconf.add_argument("--port", type=int, default=8883)
+    bconf.add_argument("--bind", default="0.0.0.0")
+    fleet_arg(bconf)
+    bconf.set_defaults(func=cmd_broker_config)
+
+    events = sub.add_parser("events", help="match events from the fleet's devices", description="Events.")
+    ev_sub = events.add_subparsers(dest="events_command", required=True)
+    tail = ev_sub.add_parser("tail", help="print verified match events as JSON lines",
+                             description=cmd_events_tail.__doc__)
+    tail.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
+    tail.add_argument("--operator", help="which operator's certificate (default: the only one)")
+    tail.add_argument("--operator-key", metavar="K", help="the operator's evidence key (default: "
+                      "F/operators/NAME.pem)")
+    tail.add_argument("--evidence-dir", help="write opened crops here (0600), named by event id")
+    tail.add_argument("--device", action="append", help="only these devices (repeatable)")
+    tail.add_argument("--count", type=int, help="stop after this many events")
+    tail.add_argument("--idle-timeout", type=float, help="stop after this many seconds without messages")
+    fleet_arg(tail)
+    tail.set_defaults(func=cmd_events_tail)
 
     models = sub.add_parser("models", help="the model files a fleet ships", description="Model files.")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -197,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, FleetError, TrustError) as exc:
+    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, OSError) as exc:
         print(f"edge-fleet {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mqttworld import Broker, make_broker
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 
@@ -38,3 +39,12 @@ def annotations(devset: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def analyzer() -> Iterator[FaceAnalyzer]:
     yield FaceAnalyzer(VisionConfig())
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real mosquitto with TLS client certificates and per-device ACLs, on a free loopback port."""
+    b = make_broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.stop()

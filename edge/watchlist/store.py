@@ -80,8 +80,13 @@ class ShardStore:
         return path.read_bytes()
 
     def load(self, path: Path, model: ModelSpec, now: datetime) -> AcceptedShard:
-        """Verify a new shard and, only if every check passes, make it the one in force."""
-        data = self.read_capped(path)
+        """Verify a new shard file and, only if every check passes, make it the one in force."""
+        return self.load_bytes(self.read_capped(path), model, now)
+
+    def load_bytes(self, data: bytes, model: ModelSpec, now: datetime) -> AcceptedShard:
+        """The same for a shard that arrived over the network (a signed shard-push command)."""
+        if len(data) > self.max_bytes:
+            raise ShardTooLargeError(f"{len(data)} bytes exceeds the cap of {self.max_bytes}")
         accepted = self.verifier(model).verify(data, now)
         write_atomic(self.shard_path, data, 0o600)
         m = accepted.manifest

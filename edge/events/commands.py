@@ -1,0 +1,334 @@
+"""Fleet -> device commands: shard push, deployment, purge, config. Signed by the fleet's command keys and
+checked like shards, in a fixed order, each failure its own error; then executed at most once.
+
+Wire format (the one definition; `provisioning` builds commands with `command_body`): the fleet's signed
+envelope {"signatures": [...], "signed": body} with body
+    {type: "edge-command", schema: 1, fleet, command_id (UUIDv7), device_id, verb, issued, expires, args}
+published on edge/v1/<device>/cmd/<verb>. The device answers on edge/v1/<device>/cmd-result.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edge.events.ids import is_uuid7, uuid7
+from edge.events.messages import command_result_body, sign_message
+from edge.events.outbox import Outbox
+from edge.events.topics import COMMAND, VERBS, TopicError, split_topic
+from edge.fsutil import write_atomic
+from edge.identity import DeviceIdentity
+from edge.trust.root import DocumentFormatError, TrustedRoot, TrustError, parse_envelope
+from edge.trust.times import TimeFormatError, format_time, parse_time
+
+log = logging.getLogger(__name__)
+
+COMMAND_TYPE = "edge-command"
+COMMAND_SCHEMA = 1
+MAX_COMMAND_BYTES = 64 << 20  # a shard push carries the shard (base64)
+MAX_VALIDITY = timedelta(days=7)  # bounds the replay memory
+CLOCK_SKEW = timedelta(minutes=5)
+_FIELDS = {"type", "schema", "fleet", "command_id", "device_id", "verb", "issued", "expires", "args"}
+
+
+class CommandError(TrustError):
+    """A command was not accepted (the subclass says which check failed)."""
+
+
+class CommandTooLargeError(CommandError):
+    """Over the size cap; rejected before parsing."""
+
+
+class CommandFormatError(CommandError):
+    """Not a command envelope, a field missing, extra or of the wrong type, or args wrong for the verb."""
+
+
+class CommandNotForThisDeviceError(CommandError):
+    """Addressed to another device (or arrived on a topic that is not this device's)."""
+
+
+class CommandExpiredError(CommandError):
+    """Past its `expires`."""
+
+
+class CommandNotYetValidError(CommandError):
+    """Issued in the future (beyond the clock-skew allowance)."""
+
+
+class CommandReplayError(CommandError):
+    """A command id this device has already accepted (each command runs at most once)."""
+
+
+class CommandUnsupportedError(CommandError):
+    """A verb this node has no handler for."""
+
+
+class CommandFailedError(CommandError):
+    """The command was valid but carrying it out failed (the reason says why)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    command_id: str
+    fleet: str
+    device_id: str
+    verb: str
+    issued: datetime
+    expires: datetime
+    args: Mapping[str, Any]
+
+
+def command_body(fleet: str, device_id: str, verb: str, args: Mapping[str, Any], issued: datetime,
+                 lifetime: timedelta, command_id: str | None = None) -> dict[str, Any]:
+    """The body the fleet signs; args are checked here as the device will check them."""
+    body = {"type": COMMAND_TYPE, "schema": COMMAND_SCHEMA, "fleet": fleet,
+            "command_id": command_id or uuid7(), "device_id": device_id, "verb": verb,
+            "issued": format_time(issued), "expires": format_time(issued + lifetime), "args": dict(args)}
+    check_args(verb, body["args"])
+    return body
+
+
+def shard_push_args(shard: bytes) -> dict[str, Any]:
+    return {"shard": base64.b64encode(shard).decode()}
+
+
+def _str(args: Mapping[str, Any], name: str, verb: str) -> str:
+    v = args.get(name)
+    if not isinstance(v, str) or not 0 < len(v) <= 128:
+        raise CommandFormatError(f"{verb}: args.{name}: expected a string of 1-128 characters")
+    return v
+
+
+def check_args(verb: str, args: object) -> None:
+    """Each verb's arguments, exactly."""
+    expected = {"shard-push": {"shard"}, "deployment": {"deployment_id", "action"},
+                "purge": {"deployment_id", "before"}, "config": {"set"}}
+    if verb not in expected:
+        raise CommandFormatError(f"verb {verb!r}: expected one of {', '.join(VERBS)}")
+    if not isinstance(args, dict) or set(args) != expected[verb]:
+        raise CommandFormatError(f"{verb}: args must be exactly {{{', '.join(sorted(expected[verb]))}}}")
+    if verb == "shard-push":
+        try:
+            base64.b64decode(_str_any(args, "shard", verb), validate=True)
+        except binascii.Error:
+            raise CommandFormatError("shard-push: args.shard: not base64") from None
+    elif verb == "deployment":
+        _str(args, "deployment_id", verb)
+        if args["action"] != "end":
+            raise CommandFormatError("deployment: args.action: expected 'end'")
+    elif verb == "purge":
+        _str(args, "deployment_id", verb)
+        if args["before"] is not None:
+            try:
+                parse_time(args["before"])
+            except TimeFormatError as exc:
+                raise CommandFormatError(f"purge: args.before: {exc}") from None
+    elif verb == "config":
+        s = args["set"]
+        if not isinstance(s, dict) or not s or not all(
+                isinstance(k, str) and isinstance(v, (str, int, float, bool)) for k, v in s.items()):
+            raise CommandFormatError("config: args.set: expected a non-empty {key: scalar} object")
+
+
+def _str_any(args: Mapping[str, Any], name: str, verb: str) -> str:
+    v = args.get(name)
+    if not isinstance(v, str):
+        raise CommandFormatError(f"{verb}: args.{name}: expected a string")
+    return v
+
+
+class SeenCommands:
+    """Command ids already acted on, kept until they expire (so a replay is always recognised)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self, at: datetime) -> dict[str, str]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise CommandFailedError(f"{self.path}: unreadable ({exc})") from None
+        return {k: v for k, v in doc.items() if parse_time(v) > at}
+
+    def add(self, command_id: str, expires: datetime, at: datetime) -> None:
+        seen = self.load(at)
+        seen[command_id] = format_time(expires)
+        write_atomic(self.path, json.dumps(seen, sort_keys=True).encode(), 0o600)
+
+
+class CommandVerifier:
+    """The order of checks: size, topic, envelope, root unexpired, signatures (command role, threshold),
+    fields, fleet, addressee, verb = topic, validity window, replay, args."""
+
+    def __init__(self, root: TrustedRoot, device_id: str, seen: SeenCommands,
+                 max_bytes: int = MAX_COMMAND_BYTES):
+        self.root = root
+        self.device_id = device_id
+        self.seen = seen
+        self.max_bytes = max_bytes
+
+    def verify(self, topic: str, data: bytes, at: datetime) -> Command:
+        if len(data) > self.max_bytes:
+            raise CommandTooLargeError(f"{len(data)} bytes exceeds the cap of {self.max_bytes}")
+        try:
+            device, suffix = split_topic(topic)
+        except TopicError as exc:
+            raise CommandNotForThisDeviceError(str(exc)) from None
+        kind, _, topic_verb = suffix.partition("/")
+        if device != self.device_id or kind != COMMAND:
+            raise CommandNotForThisDeviceError(f"topic {topic!r} is not one of {self.device_id}'s command topics")
+        try:
+            signed = parse_envelope(data, COMMAND_TYPE)
+        except DocumentFormatError as exc:
+            raise CommandFormatError(f"envelope: {exc}") from None
+        self.root.check_unexpired(at)
+        self.root.root.verify(signed, "command")
+        cmd = self._parse(signed.body)
+        if cmd.fleet != self.root.root.fleet:
+            raise CommandFormatError(f"fleet {cmd.fleet!r} is not this node's fleet")
+        if cmd.device_id != self.device_id:
+            raise CommandNotForThisDeviceError(f"addressed to {cmd.device_id!r}, this is {self.device_id!r}")
+        if cmd.verb != topic_verb:
+            raise CommandFormatError(f"verb {cmd.verb!r} arrived on the {topic_verb!r} topic")
+        if cmd.issued > at + CLOCK_SKEW:
+            raise CommandNotYetValidError(f"issued {format_time(cmd.issued)}, in the future")
+        if at >= cmd.expires:
+            raise CommandExpiredError(f"expired at {format_time(cmd.expires)}")
+        if cmd.expires - cmd.issued > MAX_VALIDITY:
+            raise CommandFormatError(f"valid for more than {MAX_VALIDITY.days} days")
+        if cmd.command_id in self.seen.load(at):
+            raise CommandReplayError(f"command {cmd.command_id} was received before")
+        check_args(cmd.verb, cmd.args)
+        return cmd
+
+    @staticmethod
+    def _parse(body: Mapping[str, Any]) -> Command:
+        if set(body) != _FIELDS:
+            raise CommandFormatError(f"fields must be exactly {', '.join(sorted(_FIELDS))}")
+        if body["schema"] != COMMAND_SCHEMA:
+            raise CommandFormatError(f"schema {body['schema']!r} is not {COMMAND_SCHEMA}")
+        if not is_uuid7(body["command_id"]):
+            raise CommandFormatError("command_id: expected a UUIDv7")
+        for name in ("fleet", "device_id", "verb"):
+            if not isinstance(body[name], str):
+                raise CommandFormatError(f"{name}: expected a string")
+        try:
+            issued, expires = parse_time(body["issued"]), parse_time(body["expires"])
+        except TimeFormatError as exc:
+            raise CommandFormatError(f"issued/expires: {exc}") from None
+        if not isinstance(body["args"], dict):
+            raise CommandFormatError("args: expected an object")
+        return Command(body["command_id"], body["fleet"], body["device_id"], body["verb"], issued, expires,
+                       body["args"])
+
+
+def _claimed(topic: str, payload: bytes) -> tuple[str | None, str | None]:
+    """The id and verb a rejected command claims, so the fleet can match the rejection to what it sent
+    (unverified: reported only alongside the rejection)."""
+    verb = topic.rsplit("/", 1)[-1]
+    try:
+        cid = parse_envelope(payload, COMMAND_TYPE).body.get("command_id")
+    except DocumentFormatError:
+        cid = None
+    return (cid if is_uuid7(cid) else None), (verb if verb in VERBS else None)
+
+
+Handler = Callable[[Command], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    command_id: str | None
+    verb: str | None
+    ok: bool
+    code: str
+    reason: str
+    detail: Mapping[str, Any]
+
+
+class CommandService:
+    """Receives command messages from the link (any thread), verifies and runs them one at a time on its own
+    thread, and answers each on cmd-result through the outbox. Every outcome is journaled (no args)."""
+
+    def __init__(self, identity: DeviceIdentity, state_dir: Path, root: Callable[[], TrustedRoot],
+                 handlers: Mapping[str, Handler], outbox: Outbox, result_topic: str,
+                 clock: Callable[[], datetime], notify: Callable[[], None] = lambda: None,
+                 result_ttl: timedelta = timedelta(days=1)):
+        self.identity = identity
+        self.seen = SeenCommands(state_dir / "commands" / "seen.json")
+        self.journal = state_dir / "commands" / "journal.jsonl"
+        self._root = root
+        self._handlers = dict(handlers)
+        self._outbox = outbox
+        self._result_topic = result_topic
+        self._clock = clock
+        self._notify = notify
+        self._result_ttl = result_ttl
+        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=16)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        """Called from the MQTT thread: never blocks."""
+        try:
+            self._queue.put_nowait((topic, payload))
+        except queue.Full:
+            self.dropped += 1
+            log.warning("command queue full; a command on %s was dropped (the fleet will see no result)", topic)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="edge-commands", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self.handle(*item)
+
+    def handle(self, topic: str, payload: bytes) -> CommandOutcome:
+        """Verify, mark seen, run, answer, journal. Returns what was answered."""
+        at = self._clock()
+        cmd: Command | None = None
+        try:
+            cmd = CommandVerifier(self._root(), self.identity.device_id, self.seen).verify(topic, payload, at)
+            self.seen.add(cmd.command_id, cmd.expires, at)  # before running: at most once, even across a crash
+            handler = self._handlers.get(cmd.verb)
+            if handler is None:
+                raise CommandUnsupportedError(f"verb {cmd.verb!r} is not handled by this node")
+            detail = handler(cmd)
+            outcome = CommandOutcome(cmd.command_id, cmd.verb, True, "ok", "done", dict(detail))
+        except TrustError as exc:
+            cid, verb = (cmd.command_id, cmd.verb) if cmd else _claimed(topic, payload)
+            outcome = CommandOutcome(cid, verb, False, type(exc).__name__, str(exc), {})
+            log.warning("command on %s rejected: %s: %s", topic, type(exc).__name__, exc)
+        self._answer(outcome, at)
+        return outcome
+
+    def _answer(self, outcome: CommandOutcome, at: datetime) -> None:
+        def build(_seq: int) -> tuple[str, bytes]:
+            rid = uuid7()
+            body = command_result_body(rid, self.identity.device_id, outcome.command_id, outcome.verb, outcome.ok,
+                                       outcome.code, outcome.reason, at, outcome.detail)
+            return rid, sign_message(body, self.identity.signing_key)
+
+        self._outbox.enqueue(self._result_topic, (at + self._result_ttl).timestamp(), build)
+        self._notify()
+        self.journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.journal, "a") as f:
+            f.write(json.dumps({"ts": format_time(at), "command_id": outcome.command_id, "verb": outcome.verb,
+                                "ok": outcome.ok, "code": outcome.code, "reason": outcome.reason}) + "\n")

@@ -1,0 +1,119 @@
+"""The node's event side put together: outbox, MQTT link and command service, with `emit` for alerts.
+
+The pipeline calls `emit` with what the tracker decided; everything after that (signing, sealing the
+crop to the operator, durable commit, publishing, answering commands) happens here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from edge.events.commands import Command, CommandFailedError, CommandService, Handler
+from edge.events.evidence import EvidenceError, seal_evidence
+from edge.events.ids import uuid7
+from edge.events.link import BrokerSettings, DeviceLink
+from edge.events.messages import MatchEvent, ModelRef, ShardRef, sign_message
+from edge.events.outbox import DEFAULT_MAX_ROWS, Outbox
+from edge.events.topics import DeviceTopics
+from edge.identity import DeviceIdentity
+from edge.trust.root import TrustedRoot
+from edge.trust.times import now
+from edge.vision.manifest import ModelSpec
+from edge.watchlist.loader import AcceptedShard
+from edge.watchlist.store import ShardStore, StoreError
+
+log = logging.getLogger(__name__)
+DEFAULT_EVENT_TTL = timedelta(hours=6)
+
+
+@dataclass(frozen=True)
+class MatchDraft:
+    """What the tracker knows about an alert; the service adds id, seq, time, expiry and signature."""
+
+    camera_id: str
+    deployment_id: str
+    track_id: str
+    entry_id: str
+    score: float
+    threshold: float
+    model: ModelRef
+    shard: ShardRef
+    frames_agreeing: int
+
+
+def shard_push_handler(store: ShardStore, model: ModelSpec,
+                       on_accepted: Callable[[AcceptedShard], None]) -> Handler:
+    """shard-push: the shard inside is verified with every shard check, then put in force."""
+    def handle(cmd: Command) -> Mapping[str, Any]:
+        try:
+            data = base64.b64decode(cmd.args["shard"], validate=True)
+        except binascii.Error:
+            raise CommandFailedError("args.shard is not base64") from None
+        try:
+            accepted = store.load_bytes(data, model, now())
+        except StoreError as exc:
+            raise CommandFailedError(str(exc)) from None
+        on_accepted(accepted)
+        m = accepted.manifest
+        return {"shard_id": m.shard_id, "version": m.version, "entries": m.entries, "deployment_id": m.deployment.id}
+    return handle
+
+
+class EventService:
+    """One device's outgoing events and incoming commands."""
+
+    def __init__(self, state_dir: Path, identity: DeviceIdentity, settings: BrokerSettings,
+                 operator_key: X25519PublicKey | None, root: Callable[[], TrustedRoot],
+                 handlers: Mapping[str, Handler] | None = None, event_ttl: timedelta = DEFAULT_EVENT_TTL,
+                 max_rows: int = DEFAULT_MAX_ROWS, durable: bool = True,
+                 state_detail: Callable[[], dict[str, Any]] | None = None):
+        self.identity = identity
+        self.operator_key = operator_key
+        self.event_ttl = event_ttl
+        self.outbox = Outbox(state_dir / "outbox" / "outbox.db", identity.storage_key("outbox"), max_rows, durable)
+        topics = DeviceTopics(identity.device_id)
+        self.commands = CommandService(identity, state_dir, root, handlers or {}, self.outbox,
+                                       topics.command_result, now, notify=lambda: self.link.wake())
+        self.link = DeviceLink(settings, identity, self.outbox, on_command=self.commands.submit,
+                               state_detail=state_detail)
+
+    def start(self) -> None:
+        self.commands.start()
+        self.link.start()
+
+    def stop(self) -> None:
+        self.commands.stop()
+        self.link.stop()
+        self.outbox.close()
+
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
+        """Sign and commit one match event; returns its event id once it is durable in the outbox."""
+        t = now()
+        expires = t + self.event_ttl
+        event_id = uuid7()
+        evidence = None
+        if crop is not None:
+            if self.operator_key is None:
+                raise EvidenceError(f"event {event_id}: no operator key configured, evidence cannot be sealed")
+            evidence = seal_evidence(crop, media_type, self.operator_key, self.identity.device_id, event_id)
+
+        def build(seq: int) -> tuple[str, bytes]:
+            event = MatchEvent(event_id=event_id, seq=seq, device_id=self.identity.device_id,
+                               camera_id=draft.camera_id, deployment_id=draft.deployment_id, ts=t, expires=expires,
+                               track_id=draft.track_id, entry_id=draft.entry_id, score=draft.score,
+                               threshold=draft.threshold, model=draft.model, shard=draft.shard,
+                               frames_agreeing=draft.frames_agreeing, evidence=evidence)
+            return event_id, sign_message(event.to_body(), self.identity.signing_key)
+
+        self.outbox.enqueue(self.link.topics.match, expires.timestamp(), build)
+        self.link.wake()
+        return event_id

@@ -1,0 +1,255 @@
+"""The fleet's MQTT tools: `events tail` for operators, `shard push` for admins.
+
+EventTail checks each match event as the operator console must before an officer sees it: the device is
+registered and active, the signature verifies with that device's key, the event names the device whose
+topic it came on (the broker's ACL bound that topic to the device's certificate), the schema is exact,
+it has not expired; then it opens the sealed crop with the operator's key and drops duplicates by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.events.evidence import EvidenceError, open_evidence
+from edge.events.link import BrokerSettings, connect_properties, tls_client
+from edge.events.messages import (
+    COMMAND_RESULT,
+    MATCH_EVENT,
+    MessageError,
+    open_match_event,
+    open_message,
+    peek_message,
+)
+from edge.events.topics import COMMAND_RESULT as RESULT_SUFFIX
+from edge.events.topics import MATCH, TopicError, all_devices, split_topic
+from edge.trust.keys import ed25519_public
+from provisioning.fleet import Fleet, FleetError
+
+DEDUP_MEMORY = 100_000
+
+
+class UnknownDeviceError(MessageError):
+    """The topic names a device the fleet has not registered (or has revoked)."""
+
+
+@dataclass
+class TailCounts:
+    received: int = 0
+    printed: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EventTail:
+    """Turns raw MQTT messages into JSON lines: verified events, or flags for what failed."""
+
+    fleet: Fleet
+    operator: X25519PrivateKey | None
+    clock: Callable[[], datetime]
+    evidence_dir: Path | None = None
+    counts: TailCounts = field(default_factory=TailCounts)
+    _seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def _device_key(self, device_id: str) -> Any:
+        try:
+            d = self.fleet.device(device_id)
+        except FleetError:
+            raise UnknownDeviceError(f"device {device_id!r} is not registered in this fleet") from None
+        if d.status != "active":
+            raise UnknownDeviceError(f"device {device_id!r} is {d.status}")
+        return ed25519_public(d.ed25519)
+
+    def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        """One message in; the line to print (None for a duplicate)."""
+        self.counts.received += 1
+        claimed: str | None = None
+        try:
+            device, suffix = split_topic(topic)
+            if suffix != MATCH:
+                raise TopicError(f"topic {topic!r} is not a match event topic")
+            try:
+                claimed = peek_message(payload, MATCH_EVENT).get("event_id")
+            except MessageError:
+                claimed = None
+            event = open_match_event(payload, self._device_key(device), device, self.clock())
+        except (MessageError, TopicError) as exc:
+            self.counts.rejected += 1
+            return {"verified": False, "flag": type(exc).__name__, "reason": str(exc), "topic": topic,
+                    "claimed_event_id": claimed if isinstance(claimed, str) else None}
+        if event.event_id in self._seen:
+            self.counts.duplicates += 1
+            return None
+        self._seen[event.event_id] = None
+        if len(self._seen) > DEDUP_MEMORY:
+            self._seen.popitem(last=False)
+        line: dict[str, Any] = {"verified": True, **event.to_body()}
+        line.pop("type")
+        line.pop("schema")
+        line["evidence"] = self._evidence(event.evidence, event.device_id, event.event_id) if event.evidence else None
+        self.counts.printed += 1
+        return line
+
+    def _evidence(self, sealed: Any, device_id: str, event_id: str) -> dict[str, Any]:
+        if self.operator is None:
+            return {"sealed": True, "media_type": sealed.media_type}
+        try:
+            crop = open_evidence(sealed, self.operator, device_id, event_id)
+        except EvidenceError as exc:
+            return {"opened": False, "reason": str(exc)}
+        out: dict[str, Any] = {"opened": True, "media_type": sealed.media_type, "bytes": len(crop),
+                               "sha256": hashlib.sha256(crop).hexdigest()}
+        if self.evidence_dir is not None:
+            ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(sealed.media_type, ".bin")
+            path = self.evidence_dir / f"{event_id}{ext}"
+            self.evidence_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_bytes(crop)
+            path.chmod(0o600)
+            out["file"] = str(path)
+        return out
+
+
+class FleetClient:
+    """A fleet tool's MQTT connection (admin or operator certificate), persistent session."""
+
+    def __init__(self, settings: BrokerSettings, client_id: str, session_expiry: int = 24 * 3600):
+        self.settings = settings
+        self.client = tls_client(client_id, settings)
+        self.connected = threading.Event()
+        self.error: str | None = None
+        self.session_expiry = session_expiry
+        self.client.on_connect = self._on_connect
+
+    def _on_connect(self, _c: mqtt.Client, _u: object, _f: mqtt.ConnectFlags, rc: ReasonCode,
+                    _p: Properties | None) -> None:
+        if rc.is_failure:
+            self.error = f"broker refused the connection: {rc}"
+        else:
+            self.connected.set()
+
+    def start(self, timeout: float = 10.0) -> None:
+        try:
+            self.client.connect(self.settings.host, self.settings.port, keepalive=30, clean_start=False,
+                                properties=connect_properties(self.session_expiry))
+        except OSError as exc:
+            raise FleetError(f"broker {self.settings.host}:{self.settings.port}: cannot connect ({exc})") from None
+        self.client.loop_start()
+        if not self.connected.wait(timeout):
+            self.client.loop_stop()
+            raise FleetError(f"broker {self.settings.host}:{self.settings.port}: "
+                             f"{self.error or 'no answer to CONNECT'}")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def run_tail(client: FleetClient, tail: EventTail, out: TextIO, count: int | None, idle_timeout: float | None,
+             devices: Sequence[str] = ()) -> TailCounts:
+    """Subscribe to match events (all devices or some) and print each verified event as one JSON line."""
+    lock = threading.Condition()
+    inbox: list[tuple[str, bytes]] = []
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            inbox.append((msg.topic, bytes(msg.payload)))
+            lock.notify()
+
+    client.client.on_message = on_message
+    client.start()
+    filters = [f"edge/v1/{d}/{MATCH}" for d in devices] or [all_devices(MATCH)]
+    for f in filters:
+        client.client.subscribe(f, qos=1)
+    last = time.monotonic()
+    try:
+        while count is None or tail.counts.printed < count:
+            with lock:
+                if not inbox:
+                    lock.wait(0.5)
+                batch, inbox[:] = list(inbox), []
+            for topic, payload in batch:
+                line = tail.handle(topic, payload)
+                if line is not None:
+                    out.write(json.dumps(line, sort_keys=True) + "\n")
+                    out.flush()
+            if batch:
+                last = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                break
+    finally:
+        client.stop()
+    return tail.counts
+
+
+@dataclass(frozen=True)
+class PushResult:
+    device_id: str
+    command_id: str
+    answered: bool
+    ok: bool
+    code: str
+    reason: str
+    detail: dict[str, Any]
+
+
+def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
+                     wait: float) -> list[PushResult]:
+    """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
+    devices' signed answers on cmd-result for up to `wait` seconds."""
+    lock = threading.Condition()
+    answers: dict[str, dict[str, Any]] = {}
+    wanted = {cid: dev for dev, (_v, cid, _e) in commands.items()}
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            device, _ = split_topic(msg.topic)
+            body = open_message(bytes(msg.payload), COMMAND_RESULT, ed25519_public(fleet.device(device).ed25519))
+        except (MessageError, TopicError, FleetError):
+            return  # not an answer we can trust; the device's own answer will still come
+        if body.get("command_id") in wanted and wanted[body["command_id"]] == device:
+            with lock:
+                answers[body["command_id"]] = body
+                lock.notify()
+
+    client.client.on_message = on_message
+    client.start()
+    for dev in commands:
+        client.client.subscribe(f"edge/v1/{dev}/{RESULT_SUFFIX}", qos=1)
+    infos = []
+    for dev, (verb, _cid, envelope) in commands.items():
+        infos.append(client.client.publish(f"edge/v1/{dev}/cmd/{verb}", envelope, qos=1))
+    deadline = time.monotonic() + wait
+    for info in infos:
+        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+    with lock:
+        while len(answers) < len(commands) and time.monotonic() < deadline:
+            lock.wait(max(0.05, deadline - time.monotonic()))
+    client.stop()
+    out = []
+    for dev, (_verb, cid, _e) in commands.items():
+        a = answers.get(cid)
+        if a is None:
+            out.append(PushResult(dev, cid, False, False, "no-answer",
+                                  f"no answer within {wait:.0f} s (queued for the device until the command "
+                                  "expires)", {}))
+        else:
+            out.append(PushResult(dev, cid, True, bool(a["ok"]), str(a["code"]), str(a["reason"]),
+                                  dict(a["detail"])))
+    return out

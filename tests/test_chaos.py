@@ -1,0 +1,82 @@
+"""No event is lost: 1,000 events while the broker restarts 5 times and the publisher is SIGKILLed twice."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mqttworld import Peer, make_broker, wait_for
+
+from edge.events.messages import open_match_event
+from edge.identity import create_identity
+from edge.trust.times import now
+
+HERE = Path(__file__).parent
+TOTAL = 1000
+
+
+def test_no_event_lost_through_broker_restarts_and_publisher_kills(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    seed = int(os.environ.get("CHAOS_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    broker = make_broker(tmp_path / "broker", devices=("cam-07",))
+    broker.start()
+    identity = create_identity(tmp_path / "node", "cam-07")
+    key = identity.signing_key.public_key()
+    sub = Peer(broker, "operator.console", clean=False, session_expiry=3600)
+    sub.client.reconnect_delay_set(1, 2)
+    sub.connect()
+    sub.client.subscribe("edge/v1/+/event/#", qos=1)
+    time.sleep(0.3)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(HERE / "chaos_producer.py"), str(tmp_path / "node"), str(broker.port),
+           str(broker.directory), str(TOTAL), "0.02"]
+    log = open(tmp_path / "producer.log", "ab")  # noqa: SIM115
+    producer = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # 5 broker restarts and 2 publisher kills at random points of the ~20 s run
+    actions = sorted([(rng.uniform(1, 20), "restart") for _ in range(5)] +
+                     [(rng.uniform(1, 20), "kill") for _ in range(2)])
+    t0 = time.monotonic()
+    kills = restarts = 0
+    for at, what in actions:
+        time.sleep(max(0.0, at - (time.monotonic() - t0)))
+        if what == "restart":
+            broker.stop()
+            time.sleep(rng.uniform(0.2, 1.5))
+            broker.start()
+            restarts += 1
+        else:
+            producer.send_signal(signal.SIGKILL)
+            producer.wait()
+            kills += 1
+            producer = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    assert producer.wait(180) == 0, (tmp_path / "producer.log").read_text()[-3000:]
+    log.close()
+
+    def distinct() -> set[bytes]:
+        with sub.lock:
+            return {m.payload for m in sub.messages}
+
+    wait_for(lambda: len(distinct()) >= TOTAL, timeout=60)
+    with sub.lock:
+        payloads = [m.payload for m in sub.messages]
+    sub.close()
+    broker.stop()
+    events = [open_match_event(p, key, "cam-07", now()) for p in payloads]  # every one verifies
+    ids = Counter(e.event_id for e in events)
+    tracks = Counter(e.track_id for e in {e.event_id: e for e in events}.values())
+    duplicates = len(events) - len(ids)
+    with capsys.disabled():
+        print(f"\nchaos seed={seed}: {restarts} broker restarts, {kills} publisher kills; received "
+              f"{len(events)} messages, {len(ids)} distinct event ids, {duplicates} duplicates")
+    assert restarts == 5 and kills == 2
+    assert len(ids) == TOTAL, f"lost {TOTAL - len(ids)} events (seed {seed})"
+    assert set(tracks) == {f"chaos-{i}" for i in range(TOTAL)} and max(tracks.values()) == 1
