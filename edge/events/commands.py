@@ -23,7 +23,7 @@ from typing import Any
 
 from edge.events.ids import is_uuid7, uuid7
 from edge.events.messages import command_result_body, sign_message
-from edge.events.outbox import Outbox
+from edge.events.outbox import Outbox, OutboxError
 from edge.events.topics import COMMAND, VERBS, TopicError, split_topic
 from edge.fsutil import write_atomic
 from edge.identity import DeviceIdentity
@@ -130,8 +130,9 @@ def check_args(verb: str, args: object) -> None:
         if args["before"] is not None:
             try:
                 parse_time(args["before"])
-            except TimeFormatError as exc:
-                raise CommandFormatError(f"purge: args.before: {exc}") from None
+            except TimeFormatError:
+                # the reason is journaled and sent back: say what is wrong without echoing the value
+                raise CommandFormatError("purge: args.before: expected YYYY-MM-DDTHH:MM:SSZ or null") from None
     elif verb == "config":
         s = args["set"]
         if not isinstance(s, dict) or not s or not all(
@@ -159,7 +160,12 @@ class SeenCommands:
             return {}
         except (OSError, ValueError) as exc:
             raise CommandFailedError(f"{self.path}: unreadable ({exc})") from None
-        return {k: v for k, v in doc.items() if parse_time(v) > at}
+        if not isinstance(doc, dict):
+            raise CommandFailedError(f"{self.path}: expected {{command_id: expires}}")
+        try:
+            return {str(k): v for k, v in doc.items() if parse_time(v) > at}
+        except TimeFormatError as exc:
+            raise CommandFailedError(f"{self.path}: {exc}") from None
 
     def add(self, command_id: str, expires: datetime, at: datetime) -> None:
         seen = self.load(at)
@@ -205,8 +211,8 @@ class CommandVerifier:
             raise CommandNotYetValidError(f"issued {format_time(cmd.issued)}, in the future")
         if at >= cmd.expires:
             raise CommandExpiredError(f"expired at {format_time(cmd.expires)}")
-        if cmd.expires - cmd.issued > MAX_VALIDITY:
-            raise CommandFormatError(f"valid for more than {MAX_VALIDITY.days} days")
+        if not cmd.issued < cmd.expires or cmd.expires - cmd.issued > MAX_VALIDITY:
+            raise CommandFormatError(f"validity must be positive and at most {MAX_VALIDITY.days} days")
         if cmd.command_id in self.seen.load(at):
             raise CommandReplayError(f"command {cmd.command_id} was received before")
         check_args(cmd.verb, cmd.args)
@@ -244,6 +250,8 @@ def _claimed(topic: str, payload: bytes) -> tuple[str | None, str | None]:
     return (cid if is_uuid7(cid) else None), (verb if verb in VERBS else None)
 
 
+# A handler returns the detail for a successful answer and reports failure by raising a CommandError
+# (CommandFailedError with the reason); anything else is a bug in the handler.
 Handler = Callable[[Command], Mapping[str, Any]]
 
 
@@ -298,7 +306,10 @@ class CommandService:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            self.handle(*item)
+            try:
+                self.handle(*item)
+            except (OutboxError, OSError) as exc:  # the answer could not be stored; the thread must live on
+                log.error("command on %s: the answer could not be recorded: %s", item[0], exc)
 
     def handle(self, topic: str, payload: bytes) -> CommandOutcome:
         """Verify, mark seen, run, answer, journal. Returns what was answered."""

@@ -131,7 +131,7 @@ class Outbox:
                     continue
                 try:
                     payload = self._aead.decrypt(nonce, body, self._aad(seq, topic, event_id))
-                except InvalidTag:
+                except (InvalidTag, TypeError, ValueError):  # altered bytes, or a damaged column's type/size
                     unreadable.append(seq)
                     continue
                 out.append(OutboxItem(seq, event_id, topic, expires, payload))

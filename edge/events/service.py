@@ -24,7 +24,7 @@ from edge.events.link import BrokerSettings, DeviceLink
 from edge.events.messages import MatchEvent, ModelRef, ShardRef, sign_message
 from edge.events.outbox import DEFAULT_MAX_ROWS, Outbox
 from edge.events.topics import DeviceTopics
-from edge.identity import DeviceIdentity
+from edge.identity import DeviceIdentity, IdentityError
 from edge.trust.root import TrustedRoot
 from edge.trust.times import now
 from edge.vision.manifest import ModelSpec
@@ -60,7 +60,7 @@ def shard_push_handler(store: ShardStore, model: ModelSpec,
             raise CommandFailedError("args.shard is not base64") from None
         try:
             accepted = store.load_bytes(data, model, now())
-        except StoreError as exc:
+        except (StoreError, IdentityError) as exc:
             raise CommandFailedError(str(exc)) from None
         on_accepted(accepted)
         m = accepted.manifest
