@@ -81,6 +81,7 @@ def tls_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
                    keyfile=str(settings.key_file), keyfile_password=settings.key_password,
                    cert_reqs=ssl.CERT_REQUIRED,
                    tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.max_inflight_messages_set(settings.window)
     client.reconnect_delay_set(min_delay=max(1, int(settings.reconnect_min)),
                                max_delay=max(1, int(settings.reconnect_max)))
     return client
@@ -284,7 +285,8 @@ class DeviceLink:
             self._drain_acks()
             with self._shared.lock:
                 connected, gen = self._shared.connected, self._shared.generation
-            if gen != generation:
+            generation_changed = gen != generation
+            if generation_changed:
                 generation = gen
                 if self._rejected_seqs:
                     # the broker refused these before; give them another chance on a new connection
@@ -292,7 +294,7 @@ class DeviceLink:
                     self._rejected_seqs.clear()
             if connected:
                 room = self.settings.window - len(self._inflight)
-                if room > 0:
+                if room > 0 and (self.outbox.last_seq > cursor or generation_changed):
                     for item in self.outbox.next_batch(cursor, room):
                         info = self.client.publish(item.topic, item.payload, qos=1, properties=publish_properties(
                             int(item.expires - time.time())))
