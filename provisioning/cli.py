@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from edge.events.commands import shard_push_args
@@ -207,20 +208,25 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_shard_push(args: argparse.Namespace) -> int:
-    """Send a shard to devices as a signed shard-push command and report each device's signed answer."""
+    """Send a shard to devices as a signed shard-push command and report each device's signed answer.
+    Exit 0: all accepted; 1: a device refused it (the answer says why); 3: a device did not answer in time
+    (the command waits in its session until it expires); 4: the broker refused to take the command."""
     fleet = Fleet(args.fleet_dir)
     shard = Path(args.file).read_bytes()
     commands = {}
+    lifetime = timedelta(hours=args.lifetime_hours)
     for dev in [d for d in args.devices.split(",") if d]:
-        cid, envelope = sign_command(fleet, dev, "shard-push", shard_push_args(shard))
+        cid, envelope = sign_command(fleet, dev, "shard-push", shard_push_args(shard), lifetime)
         commands[dev] = ("shard-push", cid, envelope)
     settings = fleet_settings(fleet, args.broker, "admin", args.admin, passphrase("the admin key"))
-    results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait)
+    results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait, lifetime)
     for r in results:
         print(json.dumps({"device_id": r.device_id, "command_id": r.command_id, "ok": r.ok, "code": r.code,
                           "reason": r.reason, "detail": r.detail}))
     if all(r.ok for r in results):
         return 0
+    if any(r.code == "refused-by-broker" for r in results):
+        return 4
     return 1 if all(r.answered for r in results) else 3
 
 
@@ -299,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
     push.add_argument("--admin", help="which admin certificate to use (default: the only one)")
     push.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the devices' answers")
+    push.add_argument("--lifetime-hours", type=float, default=24.0,
+                      help="how long the command stays valid and queued for an offline device (default 24)")
     fleet_arg(push)
     push.set_defaults(func=cmd_shard_push)
 

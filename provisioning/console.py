@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,7 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.events.evidence import EvidenceError, open_evidence
-from edge.events.link import BrokerSettings, connect_properties, tls_client
+from edge.events.link import BrokerSettings, connect_properties, publish_properties, tls_client
 from edge.events.messages import (
     COMMAND_RESULT,
     MATCH_EVENT,
@@ -34,8 +35,8 @@ from edge.events.messages import (
     open_message,
     peek_message,
 )
-from edge.events.topics import COMMAND_RESULT as RESULT_SUFFIX
-from edge.events.topics import MATCH, TopicError, all_devices, split_topic
+from edge.events.topics import MATCH, DeviceTopics, TopicError, all_devices, split_topic
+from edge.identity import IdentityError
 from edge.trust.keys import ed25519_public
 from provisioning.fleet import Fleet, FleetError
 
@@ -71,11 +72,12 @@ class EventTail:
     def _device_key(self, device_id: str) -> Any:
         try:
             d = self.fleet.device(device_id)
-        except FleetError:
-            raise UnknownDeviceError(f"device {device_id!r} is not registered in this fleet") from None
-        if d.status != "active":
-            raise UnknownDeviceError(f"device {device_id!r} is {d.status}")
-        return ed25519_public(d.ed25519)
+            if d.status != "active":
+                raise UnknownDeviceError(f"device {device_id!r} is {d.status}")
+            return ed25519_public(d.ed25519)
+        except (FleetError, IdentityError, ValueError, TypeError) as exc:  # not a device id, or a bad record
+            raise UnknownDeviceError(f"device {device_id!r} is not a registered device of this fleet "
+                                     f"({type(exc).__name__})") from None
 
     def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
         """One message in; the line to print (None for a duplicate)."""
@@ -94,10 +96,11 @@ class EventTail:
             self.counts.rejected += 1
             return {"verified": False, "flag": type(exc).__name__, "reason": str(exc), "topic": topic,
                     "claimed_event_id": claimed if isinstance(claimed, str) else None}
-        if event.event_id in self._seen:
+        key = f"{event.device_id}/{event.event_id}"
+        if key in self._seen:
             self.counts.duplicates += 1
             return None
-        self._seen[event.event_id] = None
+        self._seen[key] = None
         if len(self._seen) > DEDUP_MEMORY:
             self._seen.popitem(last=False)
         line: dict[str, Any] = {"verified": True, **event.to_body()}
@@ -118,10 +121,11 @@ class EventTail:
                                "sha256": hashlib.sha256(crop).hexdigest()}
         if self.evidence_dir is not None:
             ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(sealed.media_type, ".bin")
-            path = self.evidence_dir / f"{event_id}{ext}"
+            path = self.evidence_dir / f"{device_id}-{event_id}{ext}"
             self.evidence_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_bytes(crop)
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(crop)
             out["file"] = str(path)
         return out
 
@@ -131,7 +135,7 @@ class FleetClient:
 
     def __init__(self, settings: BrokerSettings, client_id: str, session_expiry: int = 24 * 3600):
         self.settings = settings
-        self.client = tls_client(client_id, settings)
+        self.client = tls_client(client_id, settings, manual_ack=True)
         self.connected = threading.Event()
         self.error: str | None = None
         self.session_expiry = session_expiry
@@ -165,30 +169,41 @@ def run_tail(client: FleetClient, tail: EventTail, out: TextIO, count: int | Non
              devices: Sequence[str] = ()) -> TailCounts:
     """Subscribe to match events (all devices or some) and print each verified event as one JSON line."""
     lock = threading.Condition()
-    inbox: list[tuple[str, bytes]] = []
+    inbox: list[tuple[str, bytes, int, int]] = []
+    refused: list[str] = []
 
     def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            inbox.append((msg.topic, bytes(msg.payload)))
+            inbox.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos))
+            lock.notify()
+
+    def on_subscribe(_c: mqtt.Client, _u: object, _mid: int, rcs: list[ReasonCode], _p: Properties | None) -> None:
+        with lock:
+            refused.extend(str(rc) for rc in rcs if rc.is_failure)
             lock.notify()
 
     client.client.on_message = on_message
+    client.client.on_subscribe = on_subscribe
     client.start()
-    filters = [f"edge/v1/{d}/{MATCH}" for d in devices] or [all_devices(MATCH)]
+    filters = [DeviceTopics(d).match for d in devices] or [all_devices(MATCH)]
     for f in filters:
         client.client.subscribe(f, qos=1)
     last = time.monotonic()
     try:
         while count is None or tail.counts.printed < count:
             with lock:
-                if not inbox:
+                if not inbox and not refused:
                     lock.wait(0.5)
                 batch, inbox[:] = list(inbox), []
-            for topic, payload in batch:
+                if refused:
+                    raise FleetError(f"the broker refused the subscription ({refused[0]}): is this operator in "
+                                     "the broker's ACL? (`edge-fleet broker config`, then SIGHUP mosquitto)")
+            for topic, payload, mid, qos in batch:
                 line = tail.handle(topic, payload)
                 if line is not None:
                     out.write(json.dumps(line, sort_keys=True) + "\n")
                     out.flush()
+                client.client.ack(mid, qos)  # only now: an event is never acknowledged before it is shown
             if batch:
                 last = time.monotonic()
             elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
@@ -210,46 +225,67 @@ class PushResult:
 
 
 def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
-                     wait: float) -> list[PushResult]:
+                     wait: float, lifetime: timedelta) -> list[PushResult]:
     """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
     devices' signed answers on cmd-result for up to `wait` seconds."""
     lock = threading.Condition()
     answers: dict[str, dict[str, Any]] = {}
+    broker_said: dict[int, int] = {}
     wanted = {cid: dev for dev, (_v, cid, _e) in commands.items()}
 
-    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        c.ack(msg.mid, msg.qos)
         try:
             device, _ = split_topic(msg.topic)
             body = open_message(bytes(msg.payload), COMMAND_RESULT, ed25519_public(fleet.device(device).ed25519))
-        except (MessageError, TopicError, FleetError):
+        except (MessageError, TopicError, FleetError, IdentityError, ValueError):
             return  # not an answer we can trust; the device's own answer will still come
         if body.get("command_id") in wanted and wanted[body["command_id"]] == device:
             with lock:
                 answers[body["command_id"]] = body
                 lock.notify()
 
+    def on_publish(_c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
+        with lock:
+            broker_said[mid] = rc.value
+            lock.notify()
+
     client.client.on_message = on_message
+    client.client.on_publish = on_publish
     client.start()
     for dev in commands:
-        client.client.subscribe(f"edge/v1/{dev}/{RESULT_SUFFIX}", qos=1)
-    infos = []
+        client.client.subscribe(DeviceTopics(dev).command_result, qos=1)
+    mids: dict[str, int] = {}
     for dev, (verb, _cid, envelope) in commands.items():
-        infos.append(client.client.publish(f"edge/v1/{dev}/cmd/{verb}", envelope, qos=1))
+        info = client.client.publish(DeviceTopics(dev).command(verb), envelope, qos=1,
+                                     properties=publish_properties(int(lifetime.total_seconds())))
+        mids[dev] = info.mid
     deadline = time.monotonic() + wait
-    for info in infos:
-        info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+
+    def settled() -> bool:
+        for dev, (_v, cid, _e) in commands.items():
+            code = broker_said.get(mids[dev])
+            if cid not in answers and (code is None or code < 0x80):
+                return False
+        return True
+
     with lock:
-        while len(answers) < len(commands) and time.monotonic() < deadline:
+        while not settled() and time.monotonic() < deadline:
             lock.wait(max(0.05, deadline - time.monotonic()))
     client.stop()
     out = []
     for dev, (_verb, cid, _e) in commands.items():
         a = answers.get(cid)
-        if a is None:
-            out.append(PushResult(dev, cid, False, False, "no-answer",
-                                  f"no answer within {wait:.0f} s (queued for the device until the command "
-                                  "expires)", {}))
-        else:
+        code = broker_said.get(mids[dev])
+        if a is not None:
             out.append(PushResult(dev, cid, True, bool(a["ok"]), str(a["code"]), str(a["reason"]),
                                   dict(a["detail"])))
+        elif code is not None and code >= 0x80:
+            out.append(PushResult(dev, cid, False, False, "refused-by-broker",
+                                  f"the broker refused the command (reason 0x{code:02x}): is this admin in the "
+                                  "broker's ACL? (`edge-fleet broker config`, then SIGHUP mosquitto)", {}))
+        else:
+            out.append(PushResult(dev, cid, False, False, "no-answer",
+                                  f"no answer within {wait:.0f} s; the command waits in the device's session "
+                                  f"until it expires ({int(lifetime.total_seconds() // 3600)} h)", {}))
     return out

@@ -151,6 +151,14 @@ class Peer:
         self.connected.wait(wait)
         return self
 
+    def subscribe(self, topic: str, timeout: float = 5.0) -> Peer:
+        """Subscribe and wait for the SUBACK (no sleeping and hoping)."""
+        before = len(self.suback)
+        self.client.subscribe(topic, qos=1)
+        if not wait_for(lambda: len(self.suback) > before, timeout):
+            raise RuntimeError(f"no SUBACK for {topic}")
+        return self
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()

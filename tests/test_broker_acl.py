@@ -15,9 +15,7 @@ NOT_AUTHORIZED = 0x87
 
 
 def test_device_cannot_publish_on_another_devices_topic(broker: Broker) -> None:
-    watcher = Peer(broker, "admin.ops").connect()
-    watcher.client.subscribe("edge/v1/+/state", qos=1)
-    time.sleep(0.3)
+    watcher = Peer(broker, "admin.ops").connect().subscribe("edge/v1/+/state")
     cam2 = Peer(broker, "cam-02").connect()
     info = cam2.client.publish(DeviceTopics("cam-01").match, b"forged", qos=1)
     own = cam2.client.publish(DeviceTopics("cam-02").state, b"mine", qos=1)

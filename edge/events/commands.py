@@ -26,9 +26,10 @@ from edge.events.messages import command_result_body, sign_message
 from edge.events.outbox import Outbox, OutboxError
 from edge.events.topics import COMMAND, VERBS, TopicError, split_topic
 from edge.fsutil import write_atomic
-from edge.identity import DeviceIdentity
+from edge.identity import DeviceIdentity, IdentityError
 from edge.trust.root import DocumentFormatError, TrustedRoot, TrustError, parse_envelope
 from edge.trust.times import TimeFormatError, format_time, parse_time
+from edge.watchlist.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -283,33 +284,42 @@ class CommandService:
         self._clock = clock
         self._notify = notify
         self._result_ttl = result_ttl
-        self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[tuple[str, bytes, Callable[[], None]]] = queue.Queue(maxsize=16)
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def submit(self, topic: str, payload: bytes) -> None:
-        """Called from the MQTT thread: never blocks."""
+    def submit(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None) -> None:
+        """Called from the MQTT thread: never blocks. `ack` tells the broker the command is done with; it is
+        called only once the answer is committed, so a command lost to a crash or a full queue is redelivered
+        (and a redelivered command that did run is answered as a replay)."""
         try:
-            self._queue.put_nowait((topic, payload))
+            self._queue.put_nowait((topic, payload, ack))
         except queue.Full:
             self.dropped += 1
-            log.warning("command queue full; a command on %s was dropped (the fleet will see no result)", topic)
+            log.warning("command queue full; a command on %s waits for redelivery", topic)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edge-commands", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._queue.put(None)
+        self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        while not self._stop.is_set():
             try:
-                self.handle(*item)
-            except (OutboxError, OSError) as exc:  # the answer could not be stored; the thread must live on
-                log.error("command on %s: the answer could not be recorded: %s", item[0], exc)
+                topic, payload, ack = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self.handle(topic, payload)
+            except (OutboxError, OSError) as exc:  # the answer could not be stored: no ack, redelivered later
+                log.error("command on %s: the answer could not be recorded: %s", topic, exc)
+                continue
+            ack()
 
     def handle(self, topic: str, payload: bytes) -> CommandOutcome:
         """Verify, mark seen, run, answer, journal. Returns what was answered."""
@@ -323,6 +333,10 @@ class CommandService:
                 raise CommandUnsupportedError(f"verb {cmd.verb!r} is not handled by this node")
             detail = handler(cmd)
             outcome = CommandOutcome(cmd.command_id, cmd.verb, True, "ok", "done", dict(detail))
+        except (StoreError, IdentityError, OSError) as exc:  # the node's own state is at fault, not the command
+            outcome = CommandOutcome(cmd.command_id if cmd else None, cmd.verb if cmd else None, False,
+                                     "CommandFailedError", f"{type(exc).__name__}: {exc}", {})
+            log.error("command on %s failed: %s: %s", topic, type(exc).__name__, exc)
         except TrustError as exc:
             cid, verb = (cmd.command_id, cmd.verb) if cmd else _claimed(topic, payload)
             outcome = CommandOutcome(cid, verb, False, type(exc).__name__, str(exc), {})

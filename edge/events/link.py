@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.events.ids import uuid7
 from edge.events.messages import sign_message, state_body
-from edge.events.outbox import Outbox
+from edge.events.outbox import Outbox, OutboxError
 from edge.events.topics import DeviceTopics
 from edge.identity import DeviceIdentity
 from edge.trust.times import now
@@ -71,12 +71,14 @@ class BrokerSettings:
         return parts.hostname, port
 
 
-def tls_client(client_id: str, settings: BrokerSettings) -> mqtt.Client:
-    """A paho client speaking MQTT 5 over TLS with a client certificate (the CN is our identity)."""
+def tls_client(client_id: str, settings: BrokerSettings, manual_ack: bool = False) -> mqtt.Client:
+    """A paho client speaking MQTT 5 over TLS with a client certificate (the CN is our identity).
+    `manual_ack`: incoming QoS 1 messages are acknowledged only when the application says so."""
     for f in (settings.ca_file, settings.cert_file, settings.key_file):
         if not f.is_file():
             raise FileNotFoundError(f"{f}: missing (broker TLS credentials)")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                         manual_ack=manual_ack)
     client.tls_set(ca_certs=str(settings.ca_file), certfile=str(settings.cert_file),
                    keyfile=str(settings.key_file), keyfile_password=settings.key_password,
                    cert_reqs=ssl.CERT_REQUIRED,
@@ -101,6 +103,10 @@ def publish_properties(expiry_seconds: int | None) -> Properties | None:
     return props
 
 
+NO_MATCHING_SUBSCRIBERS = 0x10  # nobody would receive it: kept and retried, not counted as delivered
+RETRY_KEPT_AFTER = 30.0  # seconds before a refused or unrouted row is offered again on the same connection
+
+
 @dataclass(frozen=True)
 class LinkHealth:
     """What the node's watchdog and state topic need to know about the link."""
@@ -109,18 +115,24 @@ class LinkHealth:
     loop_alive: bool
     publisher_alive: bool
     inflight: int
-    seconds_since_ack: float | None  # None before the first ack
+    seconds_waiting: float | None  # since the last ack, or since connecting if later; None: nothing yet
     callback_errors: int
-    rejected: int  # PUBACKs with a failure reason (e.g. 0x87 not authorised)
+    rejected: int  # PUBACKs with a failure reason (e.g. 0x87 not authorised), rows kept
+    unrouted: int  # PUBACKs saying no subscriber exists (0x10), rows kept
     last_error: str | None
 
     def progressing(self, stall_after: float) -> bool:
-        """Threads alive, and if anything is in flight on a live connection, acks still arriving."""
+        """Threads alive, and if anything is in flight on a live connection, acks still arriving. A broker
+        that is down is not a stall: paho keeps reconnecting, and restarting the node would not help."""
         if not (self.loop_alive and self.publisher_alive):
             return False
-        if self.connected and self.inflight and self.seconds_since_ack is not None:
-            return self.seconds_since_ack < stall_after
+        if self.connected and self.inflight and self.seconds_waiting is not None:
+            return self.seconds_waiting < stall_after
         return True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"connected": self.connected, "inflight": self.inflight, "callback_errors": self.callback_errors,
+                "rejected": self.rejected, "unrouted": self.unrouted, "last_error": self.last_error}
 
 
 @dataclass
@@ -129,17 +141,22 @@ class _Shared:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     connected: bool = False
+    connected_at: float | None = None
     generation: int = 0
     callback_errors: int = 0
     last_error: str | None = None
     last_ack: float | None = None
 
 
+CommandCallback = Callable[[str, bytes, Callable[[], None]], None]
+
+
 class DeviceLink:
-    """One device's connection: publishes the outbox and state, hands commands to `on_command`."""
+    """One device's connection: publishes the outbox and state, hands commands to `on_command` together with
+    a function that acknowledges the command to the broker (called once the answer is committed)."""
 
     def __init__(self, settings: BrokerSettings, identity: DeviceIdentity, outbox: Outbox,
-                 on_command: Callable[[str, bytes], None] | None = None,
+                 on_command: CommandCallback | None = None,
                  state_detail: Callable[[], dict[str, Any]] | None = None, state_every: float = 30.0):
         self.settings = settings
         self.identity = identity
@@ -154,12 +171,15 @@ class DeviceLink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq; publisher thread only
+        self._kept: dict[int, float] = {}  # refused/unrouted seq -> when to offer it again; publisher only
         self._rejected = 0
-        self._rejected_seqs: set[int] = set()
+        self._unrouted = 0
         self._publisher: threading.Thread | None = None
-        self.client = tls_client(identity.device_id, settings)
+        self.subscribed = threading.Event()  # the command subscription was granted (at least once)
+        self.client = tls_client(identity.device_id, settings, manual_ack=True)
         self.client.will_set(self.topics.state, self._state_payload("offline"), qos=1, retain=True)
         self.client.on_connect = self._guard(self._handle_connect)
+        self.client.on_connect_fail = self._guard(self._handle_connect_fail)
         self.client.on_disconnect = self._guard(self._handle_disconnect)
         self.client.on_publish = self._guard(self._handle_publish)
         self.client.on_message = self._guard(self._handle_message)
@@ -184,16 +204,22 @@ class DeviceLink:
                 self._shared.last_error = f"broker refused the connection: {rc}"
             log.warning("broker refused the connection: %s", rc)
             return
-        with self._shared.lock:
+        if self._on_command is not None:
+            client.subscribe(self.topics.command_filter, qos=1)
+        client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
+        with self._shared.lock:  # last: the publisher must not start before paho's own re-sends are queued
             self._shared.connected = True
+            self._shared.connected_at = time.monotonic()
             self._shared.generation += 1
             self._shared.last_error = None
         log.info("connected to %s:%d (session present: %s)", self.settings.host, self.settings.port,
                  flags.session_present)
-        if self._on_command is not None:
-            client.subscribe(self.topics.command_filter, qos=1)
-        client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
         self._wake.set()
+
+    def _handle_connect_fail(self, _c: mqtt.Client, _ud: object) -> None:
+        with self._shared.lock:
+            self._shared.last_error = (f"cannot connect to {self.settings.host}:{self.settings.port} "
+                                       "(TLS, DNS or refused; check certificate, CA and host name)")
 
     def _handle_disconnect(self, _c: mqtt.Client, _ud: object, _flags: mqtt.DisconnectFlags, rc: ReasonCode,
                            _props: Properties | None) -> None:
@@ -215,14 +241,25 @@ class DeviceLink:
                 with self._shared.lock:
                     self._shared.last_error = f"command subscription refused: {rc}"
                 log.warning("command subscription refused: %s", rc)
+                return
+        self.subscribed.set()
 
-    def _handle_message(self, _c: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
-        if self._on_command is not None:
-            self._on_command(msg.topic, bytes(msg.payload))
+    def _handle_message(self, client: mqtt.Client, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        mid, qos = msg.mid, msg.qos
+
+        def ack() -> None:
+            client.ack(mid, qos)
+
+        if self._on_command is None:
+            ack()
+            return
+        self._on_command(msg.topic, bytes(msg.payload), ack)
 
     # -- our side --
     def _state_payload(self, status: str) -> bytes:
         detail: dict[str, Any] = {"outbox": self.outbox.stats().to_json()}
+        if hasattr(self, "client"):
+            detail["link"] = self.health().to_json()
         if self._state_detail is not None:
             detail.update(self._state_detail())
         return sign_message(state_body(self.identity.device_id, status, now(), self.boot_id, detail),
@@ -239,11 +276,6 @@ class DeviceLink:
     def wake(self) -> None:
         """Something new is in the outbox."""
         self._wake.set()
-
-    def send(self, topic: str, payload: bytes, expires: float | None = None) -> None:
-        """Publish outside the outbox (best effort: state, command results)."""
-        ttl = None if expires is None else int(expires - time.time())
-        self.client.publish(topic, payload, qos=1, properties=publish_properties(ttl))
 
     def publish_state(self) -> None:
         self.client.publish(self.topics.state, self._state_payload("online"), qos=1, retain=True)
@@ -265,44 +297,68 @@ class DeviceLink:
     def health(self) -> LinkHealth:
         with self._shared.lock:
             sh = self._shared
-            last_ack = sh.last_ack
+            marks = [t for t in (sh.last_ack, sh.connected_at) if t is not None]
             connected, errors, last_error = sh.connected, sh.callback_errors, sh.last_error
         loop = getattr(self.client, "_thread", None)  # paho keeps its loop thread here
         return LinkHealth(
             connected=connected, loop_alive=loop is not None and loop.is_alive(),
             publisher_alive=self._publisher is not None and self._publisher.is_alive(),
             inflight=len(self._inflight),
-            seconds_since_ack=None if last_ack is None else time.monotonic() - last_ack,
-            callback_errors=errors, rejected=self._rejected, last_error=last_error)
+            seconds_waiting=time.monotonic() - max(marks) if marks else None,
+            callback_errors=errors, rejected=self._rejected, unrouted=self._unrouted, last_error=last_error)
 
     def _publish_loop(self) -> None:
+        """The publisher thread: survives outbox errors (reported, retried after a pause)."""
         cursor = 0  # highest outbox seq handed to paho
         generation = 0
+        hold_until = 0.0  # after a reconnect: paho re-sends what was in flight before anything new goes out
         next_state = time.monotonic() + self._state_every
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            self._drain_acks()
-            with self._shared.lock:
-                connected, gen = self._shared.connected, self._shared.generation
-            generation_changed = gen != generation
-            if generation_changed:
-                generation = gen
-                if self._rejected_seqs:
-                    # the broker refused these before; give them another chance on a new connection
-                    cursor = min(cursor, min(self._rejected_seqs) - 1)
-                    self._rejected_seqs.clear()
-            if connected:
-                room = self.settings.window - len(self._inflight)
-                if room > 0 and (self.outbox.last_seq > cursor or generation_changed):
-                    for item in self.outbox.next_batch(cursor, room):
-                        info = self.client.publish(item.topic, item.payload, qos=1, properties=publish_properties(
-                            int(item.expires - time.time())))
-                        self._inflight[info.mid] = item.seq
-                        cursor = item.seq
-                if time.monotonic() >= next_state:
-                    self.publish_state()
-                    next_state = time.monotonic() + self._state_every
+            try:
+                self._drain_acks()
+                with self._shared.lock:
+                    connected, gen = self._shared.connected, self._shared.generation
+                if gen != generation:
+                    generation = gen
+                    hold_until = time.monotonic() + RETRY_KEPT_AFTER if self._inflight else 0.0
+                if hold_until and (not self._inflight or time.monotonic() >= hold_until):
+                    for seq in self._inflight.values():  # paho did not re-send these: offer them again
+                        self._kept[seq] = 0.0
+                    self._inflight.clear()
+                    hold_until = 0.0
+                if connected and not hold_until:
+                    cursor = self._feed(cursor)
+                    if time.monotonic() >= next_state:
+                        self.publish_state()
+                        next_state = time.monotonic() + self._state_every
+            except OutboxError as exc:
+                with self._shared.lock:
+                    self._shared.last_error = str(exc)
+                log.error("outbox: %s; retrying in 5 s", exc)
+                self._stop.wait(5.0)
+
+    def _feed(self, cursor: int) -> int:
+        """Hand paho the rows due again, then new rows, up to the window; returns the new cursor."""
+        room = self.settings.window - len(self._inflight)
+        now_m = time.monotonic()
+        due = [seq for seq, at in self._kept.items() if at <= now_m][:max(0, room)]
+        batch = self.outbox.rows(due) if due else []
+        for seq in due:
+            del self._kept[seq]
+        room -= len(batch)
+        if room > 0 and self.outbox.last_seq > cursor:
+            batch += self.outbox.next_batch(cursor, room)
+        for item in batch:
+            info = self.client.publish(item.topic, item.payload, qos=1,
+                                       properties=publish_properties(int(item.expires - time.time())))
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, sent on reconnect
+                self._kept[item.seq] = now_m + 1.0
+                continue
+            self._inflight[info.mid] = item.seq
+            cursor = max(cursor, item.seq)
+        return cursor
 
     def _drain_acks(self) -> None:
         acked: list[int] = []
@@ -315,13 +371,18 @@ class DeviceLink:
                 self._shared.last_ack = time.monotonic()
             seq = self._inflight.pop(mid, None)
             if seq is None:
-                continue  # state or a command result, not an outbox row
-            if code < 0x80:
+                continue  # a state message, not an outbox row
+            if code < 0x80 and code != NO_MATCHING_SUBSCRIBERS:
                 acked.append(seq)
+                continue
+            if code == NO_MATCHING_SUBSCRIBERS:
+                self._unrouted += 1
+                log.warning("no subscriber for outbox row %d yet (is the operator console's session set up?); "
+                            "kept, offered again in %.0f s", seq, RETRY_KEPT_AFTER)
             else:
                 self._rejected += 1
-                self._rejected_seqs.add(seq)
-                log.warning("broker refused outbox row %d (reason 0x%02x); kept for the next connection",
-                            seq, code)
+                log.warning("broker refused outbox row %d (reason 0x%02x); kept, offered again in %.0f s", seq,
+                            code, RETRY_KEPT_AFTER)
+            self._kept[seq] = time.monotonic() + RETRY_KEPT_AFTER
         if acked:
             self.outbox.ack(acked)

@@ -12,9 +12,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -22,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from edge.events.messages import OutboxStats
 
 DEFAULT_MAX_ROWS = 10_000
-_COUNTERS = ("enqueued", "published", "dropped", "expired", "unreadable")
+_COUNTERS = tuple(f.name for f in fields(OutboxStats) if f.name != "pending")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
     seq INTEGER PRIMARY KEY,
@@ -87,37 +89,42 @@ class Outbox:
         if n:
             self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
 
+    @contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT; any failure rolls back, so one failed write never leaves the
+        connection inside a transaction (which would jam every later write)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            finally:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: {what} failed ({exc})") from None
+
     def enqueue(self, topic: str, expires: float, build: Callable[[int], tuple[str, bytes]]) -> int:
         """Commit one message; `build(seq)` returns (event_id, payload) for the sequence number it gets.
 
         Returns the seq once the row is durable. When the outbox is full the oldest rows make room."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    (enqueued,) = self._db.execute(
-                        "SELECT value FROM counters WHERE name = 'enqueued'").fetchone()
-                    seq = int(enqueued) + 1
-                    event_id, payload = build(seq)
-                    (count,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
-                    overflow = int(count) + 1 - self.max_rows
-                    if overflow > 0:
-                        self._db.execute("DELETE FROM pending WHERE seq IN "
-                                         "(SELECT seq FROM pending ORDER BY seq LIMIT ?)", (overflow,))
-                        self._bump("dropped", overflow)
-                    nonce = os.urandom(12)
-                    body = self._aead.encrypt(nonce, payload, self._aad(seq, topic, event_id))
-                    self._db.execute("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)",
-                                     (seq, event_id, topic, expires, nonce, body))
-                    self._bump("enqueued", 1)
-                    self._db.execute("COMMIT")
-                    self._last_seq = seq
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise OutboxError(f"{self.path}: enqueue failed ({exc})") from None
-            return seq
+        with self._lock, self._transaction("enqueue"):
+            (enqueued,) = self._db.execute("SELECT value FROM counters WHERE name = 'enqueued'").fetchone()
+            seq = int(enqueued) + 1
+            event_id, payload = build(seq)
+            (count,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
+            overflow = int(count) + 1 - self.max_rows
+            if overflow > 0:
+                self._db.execute("DELETE FROM pending WHERE seq IN (SELECT seq FROM pending ORDER BY seq LIMIT ?)",
+                                 (overflow,))
+                self._bump("dropped", overflow)
+            nonce = os.urandom(12)
+            body = self._aead.encrypt(nonce, payload, self._aad(seq, topic, event_id))
+            self._db.execute("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)", (seq, event_id, topic, expires, nonce,
+                                                                                 body))
+            self._bump("enqueued", 1)
+        self._last_seq = seq
+        return seq
 
     @property
     def last_seq(self) -> int:
@@ -127,35 +134,50 @@ class Outbox:
     def next_batch(self, after_seq: int, limit: int) -> list[OutboxItem]:
         """Up to `limit` rows with seq > after_seq, in order; expired and unreadable rows are removed
         (and counted) instead of returned."""
+        with self._lock:
+            try:
+                rows = self._db.execute("SELECT seq, event_id, topic, expires, nonce, body FROM pending "
+                                        "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: read failed ({exc})") from None
+            return self._open_rows(rows)
+
+    def rows(self, seqs: Iterable[int]) -> list[OutboxItem]:
+        """The given rows still pending, in seq order (to retry ones the broker refused)."""
+        wanted = sorted(set(seqs))
+        with self._lock:
+            try:
+                rows = [r for s in wanted for r in self._db.execute(
+                    "SELECT seq, event_id, topic, expires, nonce, body FROM pending WHERE seq = ?", (s,))]
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: read failed ({exc})") from None
+            return self._open_rows(rows)
+
+    def _open_rows(self, rows: list[Any]) -> list[OutboxItem]:
         out: list[OutboxItem] = []
         now = self._clock()
-        with self._lock:
-            rows = self._db.execute("SELECT seq, event_id, topic, expires, nonce, body FROM pending "
-                                    "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-            expired: list[int] = []
-            unreadable: list[int] = []
-            for seq, event_id, topic, expires, nonce, body in rows:
+        expired: list[int] = []
+        unreadable: list[int] = []
+        for seq, event_id, topic, expires, nonce, body in rows:
+            try:
                 if expires <= now:
                     expired.append(seq)
                     continue
-                try:
-                    payload = self._aead.decrypt(nonce, body, self._aad(seq, topic, event_id))
-                except (InvalidTag, TypeError, ValueError):  # altered bytes, or a damaged column's type/size
-                    unreadable.append(seq)
-                    continue
-                out.append(OutboxItem(seq, event_id, topic, expires, payload))
-            if expired or unreadable:
-                self._remove(expired, "expired")
-                self._remove(unreadable, "unreadable")
+                payload = self._aead.decrypt(nonce, body, self._aad(seq, topic, event_id))
+            except (InvalidTag, TypeError, ValueError):  # altered bytes, or a damaged column's type/size
+                unreadable.append(seq)
+                continue
+            out.append(OutboxItem(seq, event_id, topic, float(expires), payload))
+        self._remove(expired, "expired")
+        self._remove(unreadable, "unreadable")
         return out
 
     def _remove(self, seqs: list[int], counter: str) -> None:
         if not seqs:
             return
-        self._db.execute("BEGIN IMMEDIATE")
-        cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in seqs])
-        self._bump(counter, cur.rowcount)
-        self._db.execute("COMMIT")
+        with self._transaction(f"removing {counter} rows"):
+            cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in seqs])
+            self._bump(counter, cur.rowcount)
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Remove rows the broker acknowledged; returns how many were still pending.
@@ -166,24 +188,26 @@ class Outbox:
         if not batch:
             return 0
         with self._lock:
+            relax = self._sync == "FULL"
             try:
-                if self._sync == "FULL":
+                if relax:
                     self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute("BEGIN IMMEDIATE")
-                cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in batch])
-                removed = cur.rowcount
-                self._bump("published", removed)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"{self.path}: ack failed ({exc})") from None
+                with self._transaction("ack"):
+                    cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in batch])
+                    removed = cur.rowcount
+                    self._bump("published", removed)
             finally:
-                self._db.execute(f"PRAGMA synchronous={self._sync}")
+                if relax:
+                    self._db.execute(f"PRAGMA synchronous={self._sync}")
         return removed
 
     def stats(self) -> OutboxStats:
         with self._lock:
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            (pending,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
+            try:
+                counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+                (pending,) = self._db.execute("SELECT COUNT(*) FROM pending").fetchone()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: read failed ({exc})") from None
         return OutboxStats(pending=int(pending), enqueued=counters["enqueued"], published=counters["published"],
                            dropped=counters["dropped"], expired=counters["expired"],
                            unreadable=counters["unreadable"])

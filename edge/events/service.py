@@ -11,7 +11,7 @@ import binascii
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +77,17 @@ class EventService:
                  max_rows: int = DEFAULT_MAX_ROWS, durable: bool = True,
                  state_detail: Callable[[], dict[str, Any]] | None = None):
         self.identity = identity
-        self.operator_key = operator_key
-        self.event_ttl = event_ttl
+        self.signer = EventSigner(identity, operator_key, event_ttl)
         self.outbox = Outbox(state_dir / "outbox" / "outbox.db", identity.storage_key("outbox"), max_rows, durable)
         topics = DeviceTopics(identity.device_id)
         self.commands = CommandService(identity, state_dir, root, handlers or {}, self.outbox,
                                        topics.command_result, now, notify=lambda: self.link.wake())
+        def detail() -> dict[str, Any]:
+            d = {"commands": {"dropped": self.commands.dropped}}
+            return {**d, **(state_detail() if state_detail else {})}
+
         self.link = DeviceLink(settings, identity, self.outbox, on_command=self.commands.submit,
-                               state_detail=state_detail)
+                               state_detail=detail)
 
     def start(self) -> None:
         self.commands.start()
@@ -97,14 +100,35 @@ class EventService:
 
     def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
         """Sign and commit one match event; returns its event id once it is durable in the outbox."""
+        event_id, expires, build = self.signer.prepare(draft, crop, media_type)
+        self.outbox.enqueue(self.link.topics.match, expires.timestamp(), build)
+        self.link.wake()
+        return event_id
+
+
+class EventSigner:
+    """Builds signed match events: id, time, expiry, evidence sealed to the operator, device signature."""
+
+    def __init__(self, identity: DeviceIdentity, operator_key: X25519PublicKey | None,
+                 event_ttl: timedelta = DEFAULT_EVENT_TTL):
+        self.identity = identity
+        self.operator_key = operator_key
+        self.event_ttl = event_ttl
+
+    def prepare(self, draft: MatchDraft, crop: bytes | None,
+                media_type: str = "image/jpeg") -> tuple[str, datetime, Callable[[int], tuple[str, bytes]]]:
+        """(event id, expiry, build(seq) -> (event id, signed payload)); the seq comes from whoever commits it."""
         t = now()
         expires = t + self.event_ttl
         event_id = uuid7()
         evidence = None
         if crop is not None:
-            if self.operator_key is None:
-                raise EvidenceError(f"event {event_id}: no operator key configured, evidence cannot be sealed")
-            evidence = seal_evidence(crop, media_type, self.operator_key, self.identity.device_id, event_id)
+            try:
+                if self.operator_key is None:
+                    raise EvidenceError(f"event {event_id}: no operator key configured")
+                evidence = seal_evidence(crop, media_type, self.operator_key, self.identity.device_id, event_id)
+            except EvidenceError as exc:  # the alert still goes out, without its crop; the reason is logged
+                log.warning("event %s is sent without evidence: %s", event_id, exc)
 
         def build(seq: int) -> tuple[str, bytes]:
             event = MatchEvent(event_id=event_id, seq=seq, device_id=self.identity.device_id,
@@ -114,6 +138,4 @@ class EventService:
                                frames_agreeing=draft.frames_agreeing, evidence=evidence)
             return event_id, sign_message(event.to_body(), self.identity.signing_key)
 
-        self.outbox.enqueue(self.link.topics.match, expires.timestamp(), build)
-        self.link.wake()
-        return event_id
+        return event_id, expires, build

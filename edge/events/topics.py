@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from edge.identity import check_device_id
 
 PREFIX = "edge/v1"
-MATCH = "event/match"
+EVENTS = "event"  # devices may publish any event kind under it
+MATCH = f"{EVENTS}/match"
 STATE = "state"
 AUDIT = "audit"
 COMMAND = "cmd"
@@ -53,6 +54,9 @@ class DeviceTopics:
         if verb not in VERBS:
             raise TopicError(f"command verb {verb!r}: expected one of {', '.join(VERBS)}")
         return f"{self.base}/{COMMAND}/{verb}"
+
+    def all(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
 
     @property
     def command_result(self) -> str:
