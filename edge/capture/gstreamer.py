@@ -1,0 +1,73 @@
+"""GStreamer pipelines through OpenCV, for the Jetson's CSI cameras (`nvarguscamerasrc ! ... ! appsink`).
+
+Needs an OpenCV built with GStreamer: JetPack's is, the pip wheels are not; the error says which one runs."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+
+from edge.capture.base import PixelBuffer, bgr_into_rgb, read_into
+from edge.capture.errors import CameraLostError, CameraOpenError, CaptureError
+
+log = logging.getLogger(__name__)
+
+
+def opencv_has_gstreamer() -> bool:
+    """Whether this OpenCV build has its GStreamer video backend ("GStreamer: YES" in the build information)."""
+    for line in cv2.getBuildInformation().splitlines():
+        key, _, value = line.strip().partition(":")
+        if key.strip() == "GStreamer":
+            return value.strip().upper().startswith("YES")
+    return False
+
+
+class GStreamerSource:
+    """Frames from a GStreamer pipeline whose appsink delivers BGR (OpenCV's native order), converted to RGB."""
+
+    def __init__(self, pipeline: str) -> None:
+        if "appsink" not in pipeline:
+            raise ValueError(f"GStreamer pipeline must end in appsink: {pipeline!r}")
+        self.pipeline = pipeline
+        self.name = f"gstreamer:{pipeline.split('!', 1)[0].strip()}"
+        self._cap: cv2.VideoCapture | None = None
+        self._bgr, self._rgb = PixelBuffer(), PixelBuffer()
+
+    def open(self) -> None:
+        """Start the pipeline; CameraOpenError when OpenCV lacks GStreamer or the pipeline does not start."""
+        self.close()
+        if not opencv_has_gstreamer():
+            raise CameraOpenError(
+                f"{self.pipeline}: this OpenCV ({cv2.__version__}) is built without GStreamer; pip's "
+                "opencv-python wheels are. On a Jetson use JetPack's OpenCV (python3-opencv) from a venv made "
+                "with --system-site-packages, and uninstall the pip wheel from it")
+        cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
+        if not cap.isOpened():
+            cap.release()
+            raise CameraOpenError(f"{self.pipeline}: the pipeline did not start (camera connected? nvargus-daemon "
+                                  "running? try it with gst-launch-1.0, ending in fakesink)")
+        log.info("%s: pipeline started", self.name)
+        self._cap = cap
+
+    def read(self) -> np.ndarray:
+        """The next frame; CameraLostError when the pipeline stops delivering (EOS or an element error)."""
+        if self._cap is None:
+            raise CaptureError(f"{self.name}: read() before open()")
+        bgr = read_into(self._cap, self._bgr)
+        if bgr is None:
+            raise CameraLostError(f"{self.name}: the pipeline stopped delivering frames")
+        return bgr_into_rgb(bgr, self._rgb)
+
+    def lores(self) -> np.ndarray | None:
+        """No second stream (a tee in the pipeline could give one; not done yet)."""
+        return None
+
+    def close(self) -> None:
+        """Stop the pipeline and zero the frame buffers."""
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+        self._bgr.wipe()
+        self._rgb.wipe()
