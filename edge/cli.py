@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.config import DEFAULT_CONFIG, ConfigError
+from edge.events.link import BrokerURLError
 from edge.identity import IdentityError, create_identity, load_identity
+from edge.node import NodeError
 from edge.tls import DeviceTLS, TLSIdentityError
 from edge.trust.keys import KeyFileError
 from edge.trust.root import TrustError
@@ -114,10 +118,31 @@ def _print_table(name: str, w: int, h: int, faces: Sequence[AnalysedFace], clock
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Bundled real footage through the vision core against a demo watch list."""
+    """The main job on a built-in default: on first run a demo fleet, device, operator and watch list (enrolled
+    from photos that are not in the footage); each run a fresh shard; then the real node pipeline over the
+    bundled footage. Match events go to stdout as JSON lines, a summary to stderr."""
     from edge.demo.run import run_demo
 
-    return run_demo(_vision_config(args), out=sys.stdout)
+    return run_demo(_vision_config(args), out=sys.stdout, broker=args.broker,
+                    demo_dir=Path(args.demo_dir) if args.demo_dir else None)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The node service: camera, vision, matching inside the signed deployment, match events over MQTT.
+    Runs until SIGTERM (systemd) or Ctrl-C, or until a finite replay ends."""
+    import signal
+    import threading
+
+    from edge.config import load_config
+    from edge.node import Node
+    from edge.systemd import journal_logging
+
+    config = load_config(Path(args.config))
+    journal_logging(logging.DEBUG if args.verbose else logging.INFO)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return Node(config, print_events=args.print_events).run(stop)
 
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
@@ -206,7 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run bundled real footage against a demo watch list",
                           description=cmd_demo.__doc__)
     _vision_args(demo)
+    demo.add_argument("--broker", metavar="mqtts://HOST[:PORT]",
+                      help="also publish to this broker (configured from the demo fleet: docs/mqtt.md)")
+    demo.add_argument("--demo-dir", help="where the demo keeps its fleet and node (default "
+                      "$XDG_STATE_HOME/edge-node/demo or ~/.local/state/edge-node/demo)")
     demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser("run", help="run the node service", description=cmd_run.__doc__)
+    run.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"node configuration (default {DEFAULT_CONFIG})")
+    run.add_argument("--print-events", action="store_true", help="also print each match event as a JSON line")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=cmd_run)
     faces = sub.add_parser("faces", help="detect and embed the faces in images (diagnostics)",
                            description=cmd_faces.__doc__)
     faces.add_argument("images", nargs="+", metavar="IMAGE")
@@ -268,7 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError) as exc:
+    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError, ConfigError,
+            NodeError, BrokerURLError) as exc:
         print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

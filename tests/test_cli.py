@@ -54,13 +54,17 @@ def test_faces_table_and_bad_arguments(devset: Path) -> None:
     assert gone.returncode == 2 and "libedgetpu.so.1" in gone.stderr
 
 
-def test_demo_alerts_on_the_watch_listed_person_only() -> None:
-    proc = run("demo")
-    assert proc.returncode == 0, proc.stderr
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert {e["source"] for e in events} == {"obama2.jpg", "obama3.jpg"}
-    assert {e["entry_id"] for e in events} == {"wl-7f3a"}
-    for e in events:
-        assert e["score"] >= e["threshold"]
-        assert len(e["model"]["sha256"]) == 64
-    assert "2 alerts" in proc.stderr and "frames" in proc.stderr
+def test_demo_alerts_on_the_watch_listed_person_only(tmp_path: Path) -> None:
+    """The README's main command, as a user runs it: first run sets up, second run reuses (a new shard)."""
+    for first in (True, False):
+        proc = run("demo", "--demo-dir", str(tmp_path / "demo"))
+        assert proc.returncode == 0, proc.stderr
+        assert ("first run" in proc.stderr) == first
+        events = [json.loads(line) for line in proc.stdout.splitlines()]
+        entries = json.loads((tmp_path / "demo" / "fleet" / "watchlists" / "demo" / "entries.json").read_text())
+        obama = next(e["id"] for e in entries["entries"] if e["reference"] == "WL-2026-0001")
+        assert [e["entry_id"] for e in events] == [obama, obama]
+        for e in events:
+            assert e["score"] >= e["threshold"] == 0.94
+            assert len(e["model"]["sha256"]) == 64 and e["evidence"]["media_type"] == "image/jpeg"
+        assert "2 alerts" in proc.stderr and "frames" in proc.stderr

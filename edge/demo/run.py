@@ -1,110 +1,156 @@
-"""The demo: enrol two watch-listed people from photos, replay real footage, print match events.
+"""`edge-node demo`: the whole system on bundled real footage, set up on first run.
 
-Stdout carries one JSON line per match; the summary goes to stderr, so stdout stays machine-readable.
-Faces that do not match are counted and their buffers released; nothing else of them is kept.
+A demo fleet (keys, CA, an operator), a demo device, a watch list enrolled from photographs that are not
+in the footage, a shard for a deployment that is open now; then the real node pipeline replays the footage
+(a clip of a person who is not listed, then photographs among which the listed person appears twice).
+Stdout: one JSON line per match event (signed by the device; the crop sealed to the operator). Stderr: a
+summary. Everything lives in the demo directory; nothing touches a real fleet.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterator
+import threading
+import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
-import cv2
-import numpy as np
-
-from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
-from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
+from edge.config import CameraConfig, MqttConfig, NodeConfig, TrackingConfig
+from edge.identity import create_identity
+from edge.node import Node
+from edge.systemd import Notifier
+from edge.tls import DeviceTLS
+from edge.trust.keys import x25519_public
+from edge.trust.times import format_time, now
+from edge.vision.analyzer import FaceAnalyzer, VisionConfig
+from edge.watchlist.store import ShardStore
 
 FOOTAGE = Path(__file__).parent / "footage"
-# Opaque watch-list references; the photos stay with the "fleet" (here: this folder).
-WATCHLIST = (("wl-7f3a", "obama.jpg"), ("wl-c41e", "astronaut.png"))
-REPLAY = ("WolfgangLanger_Pexels.mp4", "biden.jpg", "obama2.jpg", "multi_face.jpg", "obama3.jpg")
+WATCHLIST_CSV = Path(__file__).parent / "watchlist.csv"  # enrols obama.jpg and astronaut.png
+# The listed person (Barack Obama) appears in obama2.jpg and obama3.jpg, never in the enrolment photo;
+# Eileen Collins (astronaut.png) is listed but never appears; everyone else is not listed.
+SEQUENCE = ("WolfgangLanger_Pexels.mp4", "obama2.jpg", "multi_face.jpg", "biden.jpg", "obama3.jpg")
+HOLD_FRAMES = 30  # a photograph stays in view for 30 frames (1.25 s at 24 fps)
+FPS = 24.0
+DEVICE = "demo-node"
+CAMERA = "demo-cam"
+DEMO_PASSPHRASE = "edge-demo-only"  # protects the demo fleet's keys, which guard nothing real
 
 
 class DemoError(Exception):
-    """The bundled demo material is missing or unusable."""
+    """The demo cannot be set up (names what is missing)."""
 
 
-@dataclass
-class Tally:
-    frames: int = 0
-    faces: int = 0
-    gated_out: int = 0
-    alerts: int = 0
-    discarded: int = 0
+def default_demo_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "edge-node" / "demo"
 
 
-def frames(path: Path) -> Iterator[np.ndarray]:
-    """RGB frames of a photo (one frame) or a clip, decoded into one reused buffer."""
-    if path.suffix.lower() not in (".mp4", ".mkv", ".avi", ".mov"):
-        yield read_rgb(path)
-        return
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DemoError(f"{path}: cannot open video")
-    bgr = rgb = None
-    try:
-        while True:
-            ok, bgr = cap.read(bgr)
-            if not ok:
-                break
-            if rgb is None or rgb.shape != bgr.shape:
-                rgb = np.empty_like(bgr)
-            cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=rgb)
-            yield rgb
-    finally:
-        cap.release()
+@dataclass(frozen=True)
+class DemoSite:
+    root: Path
+
+    @property
+    def fleet_dir(self) -> Path:
+        return self.root / "fleet"
+
+    @property
+    def node_dir(self) -> Path:
+        return self.root / "node"
 
 
-def enrol(analyzer: FaceAnalyzer) -> Gallery:
-    rows, ids = [], []
-    for entry_id, photo in WATCHLIST:
-        embeddings = [f.embedding for f in analyzer.analyse(read_rgb(FOOTAGE / photo))
-                      if f.embedding is not None]
-        if not embeddings:
-            raise DemoError(f"{FOOTAGE / photo}: no face of enrolment quality")
-        rows.append(embeddings[0].copy())  # largest face passing the gate
-        ids.append(entry_id)
+def _deployment(path: Path) -> None:
+    """A deployment open from a few minutes ago for one hour, for the demo camera."""
+    t = now()
+    path.write_text(
+        "[deployment]\n"
+        f'id = "demo-{t.strftime("%Y%m%d-%H%M%S")}"\n'
+        'authorisation = "DEMO - not an authorisation"\n'
+        f"start = {format_time(t - timedelta(minutes=5))}\n"
+        f"end = {format_time(t + timedelta(hours=1))}\n"
+        f'cameras = ["{CAMERA}"]\n'
+        "threshold = 0.94\n"
+        "retention_days = 1\n"
+        'watchlist = "demo"\n')
+
+
+def prepare(site: DemoSite, vision: VisionConfig, log: TextIO) -> None:
+    """First run: fleet, CA, operator, device, trust, watch list. Every run: a fresh shard, loaded."""
+    from provisioning.ca import FleetCA
+    from provisioning.fleet import PASSPHRASE_ENV, Fleet
+    from provisioning.operators import add_operator
+    from provisioning.shards import issue_shard
+    from provisioning.watchlist import build_watchlist
+
+    os.environ[PASSPHRASE_ENV] = DEMO_PASSPHRASE  # this process only: the demo fleet's own keys
+    fleet = Fleet(site.fleet_dir)
+    store = ShardStore(site.node_dir)
+    analyzer = FaceAnalyzer(vision)
+    model = analyzer.embedder_spec
+    if not fleet.meta_path.exists():
+        print(f"demo: first run, setting up a demo fleet in {site.root}", file=log)
+        fleet.init("demo", root_keys=1, root_threshold=1)
+        FleetCA(site.fleet_dir, DEMO_PASSPHRASE.encode()).init("demo")
+        add_operator(fleet, FleetCA(site.fleet_dir, DEMO_PASSPHRASE.encode()), "demo", DEMO_PASSPHRASE.encode())
+    if not (site.node_dir / "identity" / "device.json").exists():
+        ident = create_identity(site.node_dir, DEVICE)
+        fleet.add_device(DEVICE, ident.public(), site.node_dir / "identity" / "device.json")
+    if not store.root_path.exists():
+        store.trust_init(fleet.root_bytes(1))
+    if not (site.fleet_dir / "watchlists" / "demo" / "entries.json").exists():
+        report = build_watchlist(fleet, "demo", FOOTAGE, WATCHLIST_CSV, analyzer, log)
+        if report.entries != 2:
+            raise DemoError(f"demo watch list: {report.entries} of 2 entries built ({report.refused})")
     analyzer.release()
-    return Gallery(np.stack(rows), ids)
+    deploy = site.root / "deploy.toml"
+    _deployment(deploy)
+    shard = site.root / "current.shard"
+    m = issue_shard(fleet, deploy, [DEVICE], shard, model)
+    store.load(shard, model, now()).gallery.wipe()  # installed; the node loads it again at start
+    print(f"demo: shard {m.shard_id} v{m.version} for deployment {m.deployment.id}: {m.entries} entries, "
+          f"threshold {m.deployment.threshold}, camera {CAMERA}", file=log)
 
 
-def run_demo(config: VisionConfig, out: TextIO) -> int:
-    analyzer = FaceAnalyzer(config)
-    spec = analyzer.embedder_spec
-    assert spec.match_threshold is not None
-    gallery = enrol(analyzer)
-    matcher = Matcher(gallery, MatchPolicy(threshold=spec.match_threshold, min_margin=0.02))
-    tally = Tally()
-    for source in REPLAY:
-        for frame in frames(FOOTAGE / source):
-            tally.frames += 1
-            faces = analyzer.analyse(frame)
-            tally.faces += len(faces)
-            embedded = [f for f in faces if f.embedding is not None]
-            tally.gated_out += len(faces) - len(embedded)
-            if embedded:
-                results = matcher.match(np.stack([f.embedding for f in embedded]))  # type: ignore[misc]
-                for face, result in zip(embedded, results, strict=True):
-                    if not result.matched:
-                        tally.discarded += 1
-                        continue
-                    tally.alerts += 1
-                    out.write(json.dumps({
-                        "source": source, "frame": tally.frames, "entry_id": result.entry_id,
-                        "score": round(result.score, 4), "threshold": matcher.policy.threshold,
-                        "margin": round(result.margin, 4),
-                        "box": [round(float(v)) for v in face.detection.box],
-                        "model": {"id": spec.id, "sha256": spec.sha256},
-                    }) + "\n")
-                    out.flush()
-            matcher.release()
-            analyzer.release()
-    print(f"demo: {tally.frames} frames, {tally.faces} faces seen, {tally.gated_out} below quality, "
-          f"{tally.alerts} alerts, {tally.discarded} non-matching faces discarded "
-          f"(watch list of {gallery.size}, threshold {matcher.policy.threshold})", file=sys.stderr)
+def broker_ready(site: DemoSite) -> None:
+    """With --broker: the demo device's TLS key, born on the device, certified by the demo fleet's CA."""
+    from provisioning.ca import FleetCA
+
+    tls = DeviceTLS(site.node_dir)
+    if tls.cert.exists():
+        return
+    ca = FleetCA(site.fleet_dir, DEMO_PASSPHRASE.encode())
+    csr = tls.request(DEVICE)
+    issued = site.root / "demo-node.crt"
+    ca.sign_csr("device", DEVICE, csr, issued)
+    tls.install(DEVICE, issued.read_bytes(), ca.cert_path.read_bytes())
+
+
+def run_demo(vision: VisionConfig, out: TextIO, broker: str | None = None, demo_dir: Path | None = None,
+             log: TextIO = sys.stderr, harden: bool = True) -> int:
+    site = DemoSite(demo_dir or default_demo_dir())
+    t0 = time.monotonic()
+    prepare(site, vision, log)
+    operator_file = site.fleet_dir / "operators" / "demo.json"
+    operator = x25519_public(json.loads(operator_file.read_text())["x25519"])
+    mqtt = None
+    if broker is not None:
+        broker_ready(site)
+        mqtt = MqttConfig(broker, operator_file, event_ttl_hours=1.0, state_every_s=5.0)
+    camera = CameraConfig(id=CAMERA, source="replay", paths=tuple(FOOTAGE / f for f in SEQUENCE), realtime=False,
+                          hold_frames=HOLD_FRAMES, fps=FPS)
+    config = NodeConfig(source_file=None, state_dir=site.node_dir, run_dir=site.root / "run", camera=camera,
+                        vision=vision, tracking=TrackingConfig(), mqtt=mqtt)
+    node = Node(config, out=out, notifier=Notifier(environ={}), operator_key=operator, print_events=True,
+                harden=harden)
+    node.run(threading.Event())
+    assert node.pipeline is not None
+    c = node.pipeline.counters.snapshot()
+    print(f"demo: {c['frames']} frames, {c['faces']} faces seen, {c['below_quality']} below quality, "
+          f"{c['alerts']} alerts, {c['discarded']} non-matching faces discarded at once, "
+          f"{c['dropped_busy'] + c['outside_deployment']} frames dropped "
+          f"({time.monotonic() - t0:.1f} s; state in {site.root})", file=log)
     return 0

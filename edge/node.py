@@ -1,0 +1,247 @@
+"""The node service (`edge-node run --config node.toml`): models, the shard in force, camera, pipeline,
+events and commands, and what systemd and the fleet see of them.
+
+READY=1 is sent once the models are verified and loaded and a shard is in force (until then STATUS says
+what the node waits for); WATCHDOG=1 only while capture, inference and MQTT all make progress; STATUS=
+carries fps, faces, alerts and the shard version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import datetime, timedelta
+from typing import Any, TextIO
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from edge.capture import CameraSupervisor, open_source
+from edge.config import NodeConfig
+from edge.deployment import DeploymentGate
+from edge.events.link import BrokerSettings
+from edge.events.service import EventService, EventSigner, MatchDraft, shard_push_handler
+from edge.identity import DeviceIdentity, load_identity
+from edge.pipeline import Pipeline, PipelineSettings
+from edge.systemd import Heartbeat, Notifier, WatchdogFeeder, disable_core_dumps, watchdog_interval
+from edge.tls import DeviceTLS
+from edge.trust.canonical import canonical
+from edge.trust.keys import x25519_public
+from edge.trust.root import TrustError
+from edge.trust.times import format_time, now
+from edge.vision.analyzer import FaceAnalyzer
+from edge.watchlist.loader import AcceptedShard
+from edge.watchlist.store import ActiveWatchList, ShardStore
+
+log = logging.getLogger(__name__)
+STATUS_EVERY = 5.0
+
+
+class NodeError(Exception):
+    """The node cannot start (names the file or setting at fault)."""
+
+
+def compact(payload: bytes) -> dict[str, Any]:
+    """A signed event for a terminal: the sealed crop shown by size and recipient instead of ~20 kB of base64."""
+    doc: dict[str, Any] = json.loads(payload)
+    ev = doc.get("evidence")
+    if isinstance(ev, dict):
+        doc["evidence"] = {"sealed_to": ev["recipient"][:16], "media_type": ev["media_type"],
+                           "base64_chars": len(ev["ciphertext"])}
+    return doc
+
+
+class PrintSink:
+    """Alerts as signed match events, one JSON line each (a node without MQTT, and the demo); with `then`,
+    each event is also committed to that service's outbox and published."""
+
+    def __init__(self, signer: EventSigner, out: TextIO, then: EventService | None = None,
+                 show: Callable[[bytes], dict[str, Any]] = compact):
+        self.signer = signer
+        self.out = out
+        self.then = then
+        self.show = show
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
+        with self._lock:
+            event_id, expires, build = self.signer.prepare(draft, crop, media_type)
+            if self.then is not None:  # the outbox assigns the seq; print exactly what it will send
+                sent: list[bytes] = []
+
+                def keep(seq: int) -> tuple[str, bytes]:
+                    eid, payload = build(seq)
+                    sent.append(payload)
+                    return eid, payload
+
+                self.then.outbox.enqueue(self.then.link.topics.match, expires.timestamp(), keep)
+                self.then.link.wake()
+                payload = sent[0]
+            else:
+                self._seq += 1
+                payload = build(self._seq)[1]
+            self.out.write(canonical(self.show(payload)).decode() + "\n")
+            self.out.flush()
+            return event_id
+
+
+def broker_settings(config: NodeConfig) -> BrokerSettings:
+    assert config.mqtt is not None
+    host, port = BrokerSettings.parse_url(config.mqtt.broker)
+    tls = DeviceTLS(config.state_dir)
+    for f in (tls.key, tls.cert, tls.ca):
+        if not f.is_file():
+            raise NodeError(f"{f}: missing; the device needs its broker certificate (`edge-node cert request`, "
+                            "then `edge-node cert install`)")
+    return BrokerSettings(host, port, tls.ca, tls.cert, tls.key,
+                          session_expiry=int(config.mqtt.session_expiry_days * 86400))
+
+
+def operator_public_key(config: NodeConfig) -> Any:
+    assert config.mqtt is not None
+    path = config.mqtt.operator_key
+    try:
+        doc = json.loads(path.read_text())
+        return x25519_public(doc["x25519"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise NodeError(f"{path}: not an operator public key file from `edge-fleet operator add` ({exc})") from None
+
+
+class Node:
+    """One running node. `run()` blocks until `stop` is set or a finite replay ends."""
+
+    def __init__(self, config: NodeConfig, out: TextIO = sys.stdout, notifier: Notifier | None = None,
+                 clock: Callable[[], datetime] = now, operator_key: X25519PublicKey | None = None,
+                 print_events: bool = False, harden: bool = True):
+        """`operator_key` seals evidence when there is no [mqtt] section (the demo); `print_events` also
+        prints each event as a JSON line when MQTT is on."""
+        self.config = config
+        self.out = out
+        self.operator_key = operator_key
+        self.print_events = print_events
+        self.harden = harden  # core dumps off for the whole process (tests running in-process opt out)
+        self.notifier = notifier or Notifier()
+        self.clock = clock
+        self.watchlist = ActiveWatchList()
+        self.capture_beat = Heartbeat()
+        self.inference_beat = Heartbeat()
+        self.pipeline: Pipeline | None = None
+        self.events: EventService | None = None
+        self.camera: CameraSupervisor | None = None
+        self.ready = threading.Event()
+
+    def _load_shard(self, store: ShardStore, analyzer: FaceAnalyzer) -> None:
+        try:
+            accepted = store.reload_current(analyzer.embedder_spec, self.clock())
+        except TrustError as exc:
+            log.error("the stored shard is not usable: %s: %s", type(exc).__name__, exc)
+            accepted = None
+        self.watchlist.swap(accepted)
+
+    def _on_shard(self, accepted: AcceptedShard) -> None:
+        self.watchlist.swap(accepted)
+        m = accepted.manifest
+        log.info("shard %s v%d in force (deployment %s, %d entries)", m.shard_id, m.version, m.deployment.id,
+                 m.entries)
+
+    def state_detail(self) -> dict[str, Any]:
+        """What the retained state topic says besides online/offline and the outbox counters."""
+        detail: dict[str, Any] = {}
+        if self.camera is not None:
+            detail["camera"] = asdict(self.camera.status())
+        if self.pipeline is not None:
+            p = self.pipeline
+            detail["pipeline"] = {**p.counters.snapshot(), "fps": round(p.fps, 2)}
+            detail["matching"] = "on" if p.refusal is None else f"off: {p.refusal.code}: {p.refusal.reason}"
+        cur = self.watchlist.current(self.clock())
+        detail["shard"] = None if cur is None else {
+            "id": cur.manifest.shard_id, "version": cur.manifest.version,
+            "deployment": cur.manifest.deployment.id, "expires": format_time(cur.manifest.expires)}
+        return detail
+
+    def status_line(self) -> str:
+        p = self.pipeline
+        cur = self.watchlist.current(self.clock())
+        shard = f"shard {cur.manifest.shard_id} v{cur.manifest.version}" if cur else "no shard"
+        if p is None:
+            return f"starting; {shard}"
+        c = p.counters.snapshot()
+        matching = "matching" if p.refusal is None else f"not matching ({p.refusal.code})"
+        return (f"{p.fps:.1f} fps, {c['faces']} faces, {c['alerts']} alerts, {c['discarded']} discarded; "
+                f"{shard}; {matching}")
+
+    def run(self, stop: threading.Event) -> int:
+        if self.harden:
+            disable_core_dumps()
+        cfg = self.config
+        identity: DeviceIdentity = load_identity(cfg.state_dir)
+        store = ShardStore(cfg.state_dir)
+        self.notifier.status("loading models")
+        analyzer = FaceAnalyzer(cfg.vision)
+        self._load_shard(store, analyzer)
+        signer_key = operator_public_key(cfg) if cfg.mqtt else self.operator_key
+        sink: Any
+        if cfg.mqtt is not None:
+            handlers = {"shard-push": shard_push_handler(store, analyzer.embedder_spec, self._on_shard)}
+            self.events = EventService(cfg.state_dir, identity, broker_settings(cfg), signer_key,
+                                       store.trusted_root, handlers,
+                                       event_ttl=timedelta(hours=cfg.mqtt.event_ttl_hours),
+                                       state_detail=self.state_detail)
+            sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
+        else:
+            sink = PrintSink(EventSigner(identity, signer_key), self.out)
+        self.camera = CameraSupervisor(open_source(cfg.camera))
+        live = cfg.camera.source != "replay" or cfg.camera.realtime
+        self.pipeline = Pipeline(
+            PipelineSettings(cfg.camera.id, cfg.tracking, live=live, replay_fps=cfg.camera.fps),
+            self.camera, analyzer, DeploymentGate(self.watchlist, cfg.camera.id), sink, self.clock,
+            self.capture_beat, self.inference_beat)
+        feeder_stop = threading.Event()
+        probes: dict[str, Callable[[], bool]] = {
+            "capture": lambda: self.capture_beat.progressed_within(cfg.watchdog_stall_s),
+            "inference": lambda: self.inference_beat.progressed_within(cfg.watchdog_stall_s)}
+        if self.events is not None:
+            events = self.events
+            probes["mqtt"] = lambda: events.link.health().progressing(cfg.watchdog_stall_s)
+        period = watchdog_interval()
+        feeder = WatchdogFeeder(probes, self.notifier, period or 1.0)
+        feeder_thread = threading.Thread(target=feeder.run, args=(feeder_stop,), name="edge-watchdog", daemon=True)
+        try:
+            if self.events is not None:
+                self.events.start()
+            self.pipeline.start()
+            if period is not None:
+                feeder_thread.start()
+            next_status = 0.0
+            while not stop.is_set():
+                if not self.ready.is_set() and self.watchlist.current(self.clock()) is not None:
+                    self.ready.set()
+                    self.notifier.ready(self.status_line())
+                    log.info("ready: %s", self.status_line())
+                if time.monotonic() >= next_status:
+                    if self.ready.is_set():
+                        self.notifier.status(self.status_line())
+                    else:  # still starting: a shard may come by MQTT; keep systemd's start timeout at bay
+                        self.notifier.status(f"waiting for a shard; {self.status_line()}")
+                        self.notifier.extend_timeout(3 * STATUS_EVERY)
+                    next_status = time.monotonic() + STATUS_EVERY
+                if self.pipeline.join(timeout=0.2):
+                    break  # a finite replay has ended
+        finally:
+            self.notifier.stopping()
+            feeder_stop.set()
+            self.camera.stop()
+            self.pipeline.stop()
+            self.pipeline.join(10)
+            self.camera.close()
+            if self.events is not None:
+                self.events.stop()
+            analyzer.release()
+            self.watchlist.swap(None)
+        log.info("stopped: %s", self.pipeline.counters.snapshot())
+        return 0

@@ -1,0 +1,291 @@
+"""Camera to match event: a capture thread, a one-frame mailbox (newest wins), an inference thread.
+
+    capture: read -> deployment gate (outside the window or camera not listed: dropped before detection)
+             -> copy into a pooled buffer -> mailbox (a waiting older frame is dropped and counted)
+    inference: detect, gate, align, embed -> match (threshold from the signed deployment) -> track
+             -> alert after K of N agreeing frames -> sink (signed event, crop sealed to the operator)
+             -> every buffer that held the frame, its faces, embeddings or scores is zeroed
+
+Only counters describe non-matching faces. The publisher (MQTT loop + outbox) runs in edge.events.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge.config import TrackingConfig
+from edge.deployment import Admission, DeploymentGate, Refusal
+from edge.events.messages import ModelRef, ShardRef
+from edge.events.service import MatchDraft
+from edge.pool import FramePool
+from edge.tracking import FaceObservation, Tracker
+from edge.vision.analyzer import FaceAnalyzer
+from edge.watchlist.gallery import Matcher, MatchPolicy
+from edge.watchlist.loader import AcceptedShard
+
+log = logging.getLogger(__name__)
+MIN_MARGIN = 0.02  # top-1 must beat the runner-up by this much (docs/vision.md)
+
+
+class FrameReader(Protocol):
+    """What the pipeline needs of a camera (edge.capture.CameraSupervisor)."""
+
+    def read(self) -> np.ndarray | None: ...
+
+
+class AlertSink(Protocol):
+    """Where alerts go: the event service (signed, outbox, MQTT), or the demo's printer."""
+
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str: ...
+
+
+class Beat(Protocol):
+    def beat(self) -> None: ...
+
+
+@dataclass
+class Counters:
+    """Everything the node reports about what it saw. Counts only: no face data."""
+
+    frames: int = 0
+    dropped_busy: int = 0  # replaced in the mailbox by a newer frame, or no free buffer
+    outside_deployment: int = 0  # dropped before detection: no shard, outside the window, camera not listed
+    faces: int = 0
+    below_quality: int = 0
+    discarded: int = 0  # faces that matched nothing: gone at once
+    alerts: int = 0
+    processed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw: int) -> None:
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v)
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+
+class Mailbox:
+    """Holds at most one frame. `put` with `drop_old` replaces a waiting frame (live cameras: newest wins);
+    without, it waits for the inference thread (replay as fast as possible: every frame is analysed)."""
+
+    def __init__(self, drop_old: bool):
+        self.drop_old = drop_old
+        self._cond = threading.Condition()
+        self._item: tuple[np.ndarray, float] | None = None
+        self._closed = False
+
+    def put(self, item: tuple[np.ndarray, float], stop: threading.Event) -> tuple[np.ndarray, float] | None:
+        """Returns the frame it displaced (to be released by the caller), if any."""
+        with self._cond:
+            if not self.drop_old:
+                while self._item is not None and not stop.is_set():
+                    self._cond.wait(0.2)
+            old, self._item = self._item, item
+            self._cond.notify_all()
+            return old
+
+    def take(self, timeout: float) -> tuple[np.ndarray, float] | None:
+        with self._cond:
+            if self._item is None and not self._closed:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        with self._cond:
+            return self._closed and self._item is None
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    camera_id: str
+    tracking: TrackingConfig
+    live: bool = True  # a live camera (newest frame wins, wall-clock track ages); False: replay every frame
+    replay_fps: float = 15.0  # track ages in replay follow the frames, at this rate
+    pool_slots: int = 3
+    max_faces: int = 64
+
+
+def encode_crop(rgb: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ValueError("JPEG encoding of an evidence crop failed")
+    return data.tobytes()
+
+
+class Pipeline:
+    """Runs one camera through the vision core and the tracker; alerts go to the sink."""
+
+    def __init__(self, settings: PipelineSettings, camera: FrameReader, analyzer: FaceAnalyzer,
+                 gate: DeploymentGate, sink: AlertSink, clock: Callable[[], datetime],
+                 capture_beat: Beat | None = None, inference_beat: Beat | None = None):
+        self.settings = settings
+        self.camera = camera
+        self.analyzer = analyzer
+        self.gate = gate
+        self.sink = sink
+        self.clock = clock
+        self.counters = Counters()
+        self.pool = FramePool(settings.pool_slots)
+        self.mailbox = Mailbox(drop_old=settings.live)
+        spec = analyzer.embedder_spec
+        self.model = ModelRef(spec.id, spec.sha256)
+        self.tracker = Tracker(settings.tracking, analyzer.embedder.dim, max_tracks=settings.max_faces)
+        self._queries = np.zeros((settings.max_faces, analyzer.embedder.dim), np.float32)
+        self._matcher: Matcher | None = None
+        self._shard: AcceptedShard | None = None
+        self._stop = threading.Event()
+        self._capture_beat = capture_beat
+        self._inference_beat = inference_beat
+        self._threads: list[threading.Thread] = []
+        self.refusal: Refusal | None = None
+        self.error: BaseException | None = None
+        self.fps = 0.0
+
+    # -- lifecycle --
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._capture_loop, name="edge-capture", daemon=True),
+                         threading.Thread(target=self._inference_loop, name="edge-inference", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.mailbox.close()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for both threads (a finite replay ends by itself); True if they have ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    @property
+    def shard(self) -> AcceptedShard | None:
+        return self._shard
+
+    # -- capture thread --
+    def _capture_loop(self) -> None:
+        n = 0
+        try:
+            while not self._stop.is_set():
+                if self._capture_beat:
+                    self._capture_beat.beat()
+                frame = self.camera.read()
+                if frame is None:
+                    break  # end of a finite replay
+                n += 1
+                self.counters.add(frames=1)
+                decision = self.gate.admit(self.clock())
+                if isinstance(decision, Refusal):
+                    self.refusal = decision
+                    self.counters.add(outside_deployment=1)
+                    continue
+                self.refusal = None
+                buf = self.pool.acquire(frame.shape)
+                if buf is None:
+                    self.counters.add(dropped_busy=1)
+                    continue
+                np.copyto(buf, frame)
+                ts = time.monotonic() if self.settings.live else n / self.settings.replay_fps
+                old = self.mailbox.put((buf, ts), self._stop)
+                if old is not None:
+                    self.pool.release(old[0])
+                    self.counters.add(dropped_busy=1)
+        finally:
+            self.mailbox.close()
+
+    # -- inference thread --
+    def _inference_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            if self._inference_beat:
+                self._inference_beat.beat()
+            item = self.mailbox.take(0.5)
+            if item is None:
+                if self.mailbox.closed:
+                    break
+                continue
+            buf, ts = item
+            try:
+                self._process(buf, ts)
+            finally:
+                self.pool.release(buf)
+            t = time.monotonic()
+            self.fps = 0.9 * self.fps + 0.1 / max(1e-6, t - last) if self.fps else 1 / max(1e-6, t - last)
+            last = t
+        self.tracker.reset()
+        self._queries.fill(0)
+
+    def _process(self, frame: np.ndarray, ts: float) -> None:
+        decision = self.gate.admit(self.clock())  # again: the window may have closed while it waited
+        if isinstance(decision, Refusal):
+            self.refusal = decision
+            self.counters.add(outside_deployment=1)
+            self._drop_matcher()
+            return
+        matcher = self._matcher_for(decision)
+        try:
+            faces = self.analyzer.analyse(frame)
+            embedded = [f for f in faces if f.embedding is not None]
+            k = min(len(embedded), self._queries.shape[0])
+            observations: list[FaceObservation] = []
+            if k:
+                queries = self._queries[:k]
+                for i, f in enumerate(embedded[:k]):
+                    queries[i] = f.embedding
+                results = matcher.match(queries)
+                observations = [FaceObservation(f.detection.box, queries[i], r.entry_id, r.score)
+                                for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
+            discarded = sum(1 for o in observations if o.entry_id is None)
+            alerts = self.tracker.update(ts, frame, observations)
+            self.counters.add(processed=1, faces=len(faces), below_quality=len(faces) - len(embedded),
+                              discarded=discarded)
+            for alert in alerts:
+                m = decision.shard.manifest
+                draft = MatchDraft(self.settings.camera_id, m.deployment.id, alert.track_id, alert.entry_id,
+                                   alert.score, decision.threshold, self.model, ShardRef(m.shard_id, m.version),
+                                   alert.frames_agreeing)
+                crop = encode_crop(alert.crop) if alert.crop.any() else None
+                alert.crop.fill(0)
+                self.sink.emit(draft, crop)
+                self.counters.add(alerts=1)
+        finally:
+            matcher.release()
+            self.analyzer.release()
+            self._queries.fill(0)
+
+    def _matcher_for(self, admission: Admission) -> Matcher:
+        if self._matcher is None or admission.shard is not self._shard:
+            self.tracker.reset()  # a new watch list: tracks and their votes start again
+            self._shard = admission.shard
+            self._matcher = Matcher(admission.shard.gallery, MatchPolicy(admission.threshold, MIN_MARGIN))
+            log.info("matching against shard %s v%d at threshold %.3f", admission.shard.manifest.shard_id,
+                     admission.shard.manifest.version, admission.threshold)
+        return self._matcher
+
+    def _drop_matcher(self) -> None:
+        if self._matcher is not None:
+            self._matcher.release()
+            self._matcher = None
+            self._shard = None
+            self.tracker.reset()

@@ -1,0 +1,196 @@
+"""Face tracks across frames, and the rule that turns matches into alerts.
+
+A track continues when a new face overlaps its last box (IoU) or, failing that, looks like it (embedding
+cosine). Each track keeps a window of its last N frames' match decisions; an alert is raised once per
+track and entry when K of them agree on that entry (GOVERNANCE G12: a single-frame match never alerts).
+The best-scoring crop of a matched face is kept for the alert's evidence.
+
+Everything a track holds lives in preallocated arrays (embeddings, crops) that are overwritten and zeroed
+when the track ends: nothing of a face that never alerted outlives its track.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from edge.config import TrackingConfig
+
+CROP_SIZE = 160  # evidence crop, square, RGB
+CROP_MARGIN = 0.25  # context around the face box, as a fraction of its size
+
+
+@dataclass(frozen=True)
+class FaceObservation:
+    """One face of the current frame as the tracker needs it. `embedding` is a view; it is copied in."""
+
+    box: np.ndarray  # x0, y0, x1, y1
+    embedding: np.ndarray
+    entry_id: str | None  # the matcher's accepted entry, None for no match
+    score: float  # only looked at when entry_id is set
+
+
+@dataclass(frozen=True)
+class Alert:
+    track_id: str
+    entry_id: str
+    score: float  # best score of the agreeing frames
+    frames_agreeing: int
+    crop: np.ndarray  # CROP_SIZE x CROP_SIZE x 3 RGB, a copy the caller owns (evidence)
+
+
+@dataclass
+class _Track:
+    track_id: str
+    slot: int
+    box: np.ndarray
+    last_seen: float
+    window: deque[str | None]
+    alerted: set[str] = field(default_factory=set)
+    best_entry: str | None = None
+    best_score: float = -1.0
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, float(x1 - x0)) * max(0.0, float(y1 - y0))
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Tracker:
+    """Tracks of one camera. Not thread-safe: the inference thread owns it."""
+
+    def __init__(self, config: TrackingConfig, dim: int, max_tracks: int = 64):
+        self.config = config
+        self._embeddings = np.zeros((max_tracks, dim), np.float32)
+        self._crops = np.zeros((max_tracks, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        self._free = list(range(max_tracks))
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self.ended = 0
+
+    @property
+    def active(self) -> int:
+        return len(self._tracks)
+
+    def update(self, now: float, frame: np.ndarray, faces: list[FaceObservation]) -> list[Alert]:
+        """One frame's faces in; the alerts this frame completes out."""
+        self._expire(now)
+        assigned = self._associate(faces)
+        alerts: list[Alert] = []
+        seen: set[int] = set()
+        for face, track in zip(faces, assigned, strict=True):
+            if track is None:
+                track = self._start(now, face)
+                if track is None:
+                    continue  # table full: the face is not tracked (counted as not alerted)
+            seen.add(id(track))
+            track.box = face.box.copy()
+            track.last_seen = now
+            np.copyto(self._embeddings[track.slot], face.embedding)
+            track.window.append(face.entry_id)
+            if face.entry_id is not None and face.score > track.best_score:
+                track.best_entry, track.best_score = face.entry_id, face.score
+                self._crop_into(frame, face.box, self._crops[track.slot])
+            alert = self._decide(track)
+            if alert is not None:
+                alerts.append(alert)
+        for track in self._tracks:
+            if id(track) not in seen:
+                track.window.append(None)  # not seen this frame: does not agree
+        return alerts
+
+    def _decide(self, track: _Track) -> Alert | None:
+        votes = Counter(e for e in track.window if e is not None)
+        if not votes:
+            return None
+        entry, count = votes.most_common(1)[0]
+        if count < self.config.agree_k or entry in track.alerted:
+            return None
+        track.alerted.add(entry)
+        crop = self._crops[track.slot].copy() if track.best_entry == entry else np.zeros_like(self._crops[0])
+        return Alert(track.track_id, entry, track.best_score, count, crop)
+
+    def _associate(self, faces: list[FaceObservation]) -> list[_Track | None]:
+        """Greedy: highest IoU pairs first, then embedding similarity for what is left."""
+        out: list[_Track | None] = [None] * len(faces)
+        if not self._tracks or not faces:
+            return out
+        pairs = []
+        for fi, face in enumerate(faces):
+            for ti, track in enumerate(self._tracks):
+                o = iou(face.box, track.box)
+                if o >= self.config.iou:
+                    pairs.append((o, fi, ti))
+        used_f: set[int] = set()
+        used_t: set[int] = set()
+        for _o, fi, ti in sorted(pairs, reverse=True):
+            if fi not in used_f and ti not in used_t:
+                out[fi] = self._tracks[ti]
+                used_f.add(fi)
+                used_t.add(ti)
+        rest_t = [ti for ti in range(len(self._tracks)) if ti not in used_t]
+        rest_f = [fi for fi in range(len(faces)) if fi not in used_f]
+        if rest_t and rest_f:
+            slots = [self._tracks[ti].slot for ti in rest_t]
+            sims = np.stack([faces[fi].embedding for fi in rest_f]) @ self._embeddings[slots].T
+            order = sorted(((float(sims[a, b]), a, b) for a in range(len(rest_f)) for b in range(len(rest_t))),
+                           reverse=True)
+            for sim, a, b in order:
+                if sim < self.config.min_similarity:
+                    break
+                fi, ti = rest_f[a], rest_t[b]
+                if fi not in used_f and ti not in used_t:
+                    out[fi] = self._tracks[ti]
+                    used_f.add(fi)
+                    used_t.add(ti)
+            sims.fill(0)
+        return out
+
+    def _start(self, now: float, face: FaceObservation) -> _Track | None:
+        if not self._free:
+            return None
+        self._next_id += 1
+        track = _Track(f"t{self._next_id}", self._free.pop(), face.box.copy(), now,
+                       deque(maxlen=self.config.window_n))
+        self._tracks.append(track)
+        return track
+
+    def _expire(self, now: float) -> None:
+        keep = []
+        for track in self._tracks:
+            if now - track.last_seen > self.config.max_age_s:
+                self._end(track)
+            else:
+                keep.append(track)
+        self._tracks = keep
+
+    def _end(self, track: _Track) -> None:
+        self._embeddings[track.slot].fill(0)
+        self._crops[track.slot].fill(0)
+        self._free.append(track.slot)
+        self.ended += 1
+
+    def reset(self) -> None:
+        """End every track (shard replaced or expired, deployment window closed) and zero their state."""
+        for track in self._tracks:
+            self._end(track)
+        self._tracks = []
+
+    @staticmethod
+    def _crop_into(frame: np.ndarray, box: np.ndarray, out: np.ndarray) -> None:
+        h, w = frame.shape[:2]
+        bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+        side = max(bw, bh) * (1 + 2 * CROP_MARGIN)
+        cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
+        x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        x1, y1 = int(min(w, cx + side / 2)), int(min(h, cy + side / 2))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            out.fill(0)
+            return
+        cv2.resize(frame[y0:y1, x0:x1], (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
