@@ -240,6 +240,8 @@ class Node:
             self.pipeline.join(10)
             self.camera.close()
             if self.events is not None:
+                if not stop.is_set():  # a replay that ended: give its last events a moment to go out
+                    self.events.drain(10.0)
                 self.events.stop()
             analyzer.release()
             self.watchlist.swap(None)

@@ -172,3 +172,20 @@ def test_sd_notify_ready_then_watchdog_stops_when_inference_stalls(
         listener.join()
         sock.close()
     assert any(m == "STOPPING=1" for _, m in received)
+
+
+def test_a_camera_not_in_the_deployment_detects_nothing(demo: tuple[Path, list[dict[str, object]], str],
+                                                        tmp_path: Path) -> None:
+    root, _, _ = demo
+    site = DemoSite(root)
+    prepare(site, FAST, io.StringIO())
+    config = node_config(site, tmp_path)
+    config = replace(config, camera=replace(config.camera, id="side-door"))
+    out = io.StringIO()
+    node = Node(config, out=out, notifier=Notifier(environ={}), harden=False)
+    node.run(threading.Event())
+    assert node.pipeline is not None
+    c = node.pipeline.counters.snapshot()
+    assert c["frames"] == 90 and c["outside_deployment"] == 90  # dropped before detection, every one
+    assert c["processed"] == 0 and c["faces"] == 0 and c["alerts"] == 0 and out.getvalue() == ""
+    assert node.pipeline.refusal is not None and "side-door" in node.pipeline.refusal.reason

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -92,6 +93,14 @@ class EventService:
     def start(self) -> None:
         self.commands.start()
         self.link.start()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until the outbox is empty (everything acknowledged) or `timeout` passes; True if empty.
+        Whatever is left stays in the outbox and goes out on the next start."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.stats().pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.outbox.stats().pending == 0
 
     def stop(self) -> None:
         self.commands.stop()
