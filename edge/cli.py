@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.config import DEFAULT_CONFIG, ConfigError
+from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, ConfigError
 from edge.events.link import BrokerURLError
 from edge.identity import IdentityError, create_identity, load_identity
 from edge.node import NodeError
@@ -29,7 +29,7 @@ from edge.watchlist.loader import DEFAULT_MAX_SHARD_BYTES
 from edge.watchlist.store import ShardStore, StoreError
 
 
-def _vision_args(p: argparse.ArgumentParser) -> None:
+def _vision_args(p: argparse.ArgumentParser, tiles: str = "crowd") -> None:
     g = p.add_argument_group("vision")
     g.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     g.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
@@ -39,8 +39,8 @@ def _vision_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--delegate-fallback", action="store_true",
                    help="fall back to the CPU when the delegate library is missing (default: refuse)")
     g.add_argument("--embedder", help="embedder model id from MANIFEST.json (default: the manifest's)")
-    g.add_argument("--tiles", default="crowd", metavar="crowd|off|TILE:OVERLAP[,...]",
-                   help="extra detector passes for small faces (default crowd: 384:96,768:200)")
+    g.add_argument("--tiles", default=tiles, metavar="crowd|off|TILE:OVERLAP[,...]",
+                   help=f"extra detector passes for small faces (default {tiles}; crowd = 384:96,768:200)")
 
 
 def _tile_plan(spec: str) -> TilePlan:
@@ -138,6 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.systemd import journal_logging
 
     config = load_config(Path(args.config))
+    if config.mqtt is None and not args.print_events:
+        raise ConfigError(f"{args.config}: [mqtt] is required for the service (alerts must reach the broker "
+                          "through the durable outbox); for a local trial, --print-events prints them instead")
     journal_logging(logging.DEBUG if args.verbose else logging.INFO)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -145,7 +148,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Node(config, print_events=args.print_events).run(stop)
 
 
-DEFAULT_STATE_DIR = Path("/var/lib/edge-node")
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run bundled real footage against a demo watch list",
                           description=cmd_demo.__doc__)
-    _vision_args(demo)
+    _vision_args(demo, tiles="off")  # the bundled footage is close-up: one whole-frame pass finds every face
     demo.add_argument("--broker", metavar="mqtts://HOST[:PORT]",
                       help="also publish to this broker (configured from the demo fleet: docs/mqtt.md)")
     demo.add_argument("--demo-dir", help="where the demo keeps its fleet and node (default "

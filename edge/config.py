@@ -57,7 +57,8 @@ class TrackingConfig:
     agree_k: int = 3
     window_n: int = 5
     iou: float = 0.3  # box overlap that continues a track
-    min_similarity: float = 0.6  # embedding cosine that continues a track when boxes barely overlap
+    min_similarity: float = 0.92  # embedding cosine that continues a nearby track when boxes do not overlap
+    # (the embedder puts different people at 0.70-0.94, docs/vision.md: only near the top is it the same face)
     max_age_s: float = 2.0  # a track not seen for this long ends
 
 
@@ -198,10 +199,13 @@ def load_config(path: Path) -> NodeConfig:
         if not isinstance(profile_name, str):
             raise ConfigError(f"{path}: [node] profile: expected a profile name")
         base = load_profile(find_profile(profile_name))
-    merged: dict[str, Any] = {k: v for k, v in doc.items()}
+    merged: dict[str, Any] = dict(doc)
     for section in ("camera", "vision"):
         if section in base:
-            merged[section] = {**base[section], **doc.get(section, {})}
+            own = doc.get(section, {})
+            if not isinstance(own, dict):
+                raise ConfigError(f"{path}: [{section}] must be a table")
+            merged[section] = {**base[section], **own}
     return parse_config_dict(merged, path, profile_name)
 
 
@@ -258,7 +262,7 @@ def parse_config_dict(doc: Mapping[str, Any], path: Path, profile: str | None) -
     if k > n:
         raise ConfigError(f"{trk.where('agree_k')}: {k} agreeing frames cannot exceed window_n = {n}")
     tracking = TrackingConfig(agree_k=k, window_n=n, iou=trk.number("iou", 0.3, 0.0, 1.0),
-                              min_similarity=trk.number("min_similarity", 0.6, -1.0, 1.0),
+                              min_similarity=trk.number("min_similarity", 0.92, -1.0, 1.0),
                               max_age_s=trk.number("max_age_s", 2.0, 0.1, 600))
 
     mqtt = None

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from edge.capture import CameraSupervisor, open_source
-from edge.config import NodeConfig
+from edge.config import MqttConfig, NodeConfig
 from edge.deployment import DeploymentGate
 from edge.events.link import BrokerSettings
 from edge.events.service import EventService, EventSigner, MatchDraft, shard_push_handler
@@ -90,21 +90,19 @@ class PrintSink:
             return event_id
 
 
-def broker_settings(config: NodeConfig) -> BrokerSettings:
-    assert config.mqtt is not None
-    host, port = BrokerSettings.parse_url(config.mqtt.broker)
+def broker_settings(config: NodeConfig, mqtt: MqttConfig) -> BrokerSettings:
+    host, port = BrokerSettings.parse_url(mqtt.broker)
     tls = DeviceTLS(config.state_dir)
     for f in (tls.key, tls.cert, tls.ca):
         if not f.is_file():
             raise NodeError(f"{f}: missing; the device needs its broker certificate (`edge-node cert request`, "
                             "then `edge-node cert install`)")
     return BrokerSettings(host, port, tls.ca, tls.cert, tls.key,
-                          session_expiry=int(config.mqtt.session_expiry_days * 86400))
+                          session_expiry=int(mqtt.session_expiry_days * 86400))
 
 
-def operator_public_key(config: NodeConfig) -> Any:
-    assert config.mqtt is not None
-    path = config.mqtt.operator_key
+def operator_public_key(mqtt: MqttConfig) -> Any:
+    path = mqtt.operator_key
     try:
         doc = json.loads(path.read_text())
         return x25519_public(doc["x25519"])
@@ -172,8 +170,11 @@ class Node:
             return f"starting; {shard}"
         c = p.counters.snapshot()
         matching = "matching" if p.refusal is None else f"not matching ({p.refusal.code})"
+        camera = "" if self.camera is None else f"; camera {self.camera.status().state}"
+        link = "" if self.events is None else (
+            "; mqtt " + ("up" if self.events.link.health().connected else "down"))
         return (f"{p.fps:.1f} fps, {c['faces']} faces, {c['alerts']} alerts, {c['discarded']} discarded; "
-                f"{shard}; {matching}")
+                f"{shard}; {matching}{camera}{link}")
 
     def run(self, stop: threading.Event) -> int:
         if self.harden:
@@ -184,11 +185,11 @@ class Node:
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(cfg.vision)
         self._load_shard(store, analyzer)
-        signer_key = operator_public_key(cfg) if cfg.mqtt else self.operator_key
+        signer_key = operator_public_key(cfg.mqtt) if cfg.mqtt else self.operator_key
         sink: Any
         if cfg.mqtt is not None:
             handlers = {"shard-push": shard_push_handler(store, analyzer.embedder_spec, self._on_shard)}
-            self.events = EventService(cfg.state_dir, identity, broker_settings(cfg), signer_key,
+            self.events = EventService(cfg.state_dir, identity, broker_settings(cfg, cfg.mqtt), signer_key,
                                        store.trusted_root, handlers,
                                        event_ttl=timedelta(hours=cfg.mqtt.event_ttl_hours),
                                        state_detail=self.state_detail)
@@ -202,8 +203,12 @@ class Node:
             self.camera, analyzer, DeploymentGate(self.watchlist, cfg.camera.id), sink, self.clock,
             self.capture_beat, self.inference_beat)
         feeder_stop = threading.Event()
+        camera = self.camera
         probes: dict[str, Callable[[], bool]] = {
-            "capture": lambda: self.capture_beat.progressed_within(cfg.watchdog_stall_s),
+            # a camera that is gone is being reopened (reported on STATUS and the state topic), not stalled;
+            # a read that hangs is a stall
+            "capture": lambda: (self.capture_beat.progressed_within(cfg.watchdog_stall_s)
+                                or camera.status().state == "reopening"),
             "inference": lambda: self.inference_beat.progressed_within(cfg.watchdog_stall_s)}
         if self.events is not None:
             events = self.events
@@ -237,8 +242,8 @@ class Node:
             feeder_stop.set()
             self.camera.stop()
             self.pipeline.stop()
-            self.pipeline.join(10)
-            self.camera.close()
+            if self.pipeline.join(10):
+                self.camera.close()  # only once the capture thread is out of read()
             if self.events is not None:
                 if not stop.is_set():  # a replay that ended: give its last events a moment to go out
                     self.events.drain(10.0)
@@ -246,4 +251,7 @@ class Node:
             analyzer.release()
             self.watchlist.swap(None)
         log.info("stopped: %s", self.pipeline.counters.snapshot())
+        if self.pipeline.error is not None:
+            log.error("the node stopped on a failure: %s", self.pipeline.error)
+            return 1
         return 0

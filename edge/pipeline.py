@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +50,8 @@ class AlertSink(Protocol):
 
 
 class Beat(Protocol):
+    """A progress marker the watchdog reads (edge.systemd.Heartbeat)."""
+
     def beat(self) -> None: ...
 
 
@@ -87,11 +90,16 @@ class Mailbox:
         self._closed = False
 
     def put(self, item: tuple[np.ndarray, float], stop: threading.Event) -> tuple[np.ndarray, float] | None:
-        """Returns the frame it displaced (to be released by the caller), if any."""
+        """Returns the frame it displaced (to be released by the caller), if any; once closed, the frame
+        itself comes back."""
         with self._cond:
+            if self._closed:
+                return item
             if not self.drop_old:
                 while self._item is not None and not stop.is_set():
                     self._cond.wait(0.2)
+            if self._closed:
+                return item
             old, self._item = self._item, item
             self._cond.notify_all()
             return old
@@ -117,6 +125,8 @@ class Mailbox:
 
 @dataclass(frozen=True)
 class PipelineSettings:
+    """How one camera's frames are handled."""
+
     camera_id: str
     tracking: TrackingConfig
     live: bool = True  # a live camera (newest frame wins, wall-clock track ages); False: replay every frame
@@ -158,8 +168,8 @@ class Pipeline:
         self._inference_beat = inference_beat
         self._threads: list[threading.Thread] = []
         self.refusal: Refusal | None = None
-        self.error: BaseException | None = None
-        self.fps = 0.0
+        self.error: str | None = None  # why a thread stopped on a failure (the node exits non-zero)
+        self._done: deque[float] = deque(maxlen=32)  # when recent frames finished, for fps
 
     # -- lifecycle --
     def start(self) -> None:
@@ -183,40 +193,70 @@ class Pipeline:
     def shard(self) -> AcceptedShard | None:
         return self._shard
 
+    @property
+    def fps(self) -> float:
+        """Frames analysed per second over the last few seconds (0 when nothing is being analysed)."""
+        times = list(self._done)
+        if len(times) < 2 or time.monotonic() - times[-1] > 2.0:
+            return 0.0
+        return (len(times) - 1) / max(1e-6, times[-1] - times[0])
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        self.error = f"{where}: {type(exc).__name__}: {exc}"
+        log.error("%s thread stopped: %s", where, self.error, exc_info=exc)
+        self.stop()
+
     # -- capture thread --
     def _capture_loop(self) -> None:
-        n = 0
         try:
-            while not self._stop.is_set():
-                if self._capture_beat:
-                    self._capture_beat.beat()
-                frame = self.camera.read()
-                if frame is None:
-                    break  # end of a finite replay
-                n += 1
-                self.counters.add(frames=1)
-                decision = self.gate.admit(self.clock())
-                if isinstance(decision, Refusal):
-                    self.refusal = decision
-                    self.counters.add(outside_deployment=1)
-                    continue
-                self.refusal = None
-                buf = self.pool.acquire(frame.shape)
-                if buf is None:
-                    self.counters.add(dropped_busy=1)
-                    continue
-                np.copyto(buf, frame)
-                ts = time.monotonic() if self.settings.live else n / self.settings.replay_fps
-                old = self.mailbox.put((buf, ts), self._stop)
-                if old is not None:
-                    self.pool.release(old[0])
-                    self.counters.add(dropped_busy=1)
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - thread boundary: recorded and logged, the node exits non-zero
+            self._failed("capture", exc)
         finally:
             self.mailbox.close()
 
+    def _capture(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            if self._capture_beat:
+                self._capture_beat.beat()
+            frame = self.camera.read()
+            if frame is None:
+                break  # end of a finite replay
+            n += 1
+            self.counters.add(frames=1)
+            decision = self.gate.admit(self.clock())
+            if isinstance(decision, Refusal):
+                self.refusal = decision
+                self.counters.add(outside_deployment=1)
+                continue
+            self.refusal = None
+            buf = self.pool.acquire(frame.shape)
+            if buf is None:
+                self.counters.add(dropped_busy=1)
+                continue
+            np.copyto(buf, frame)
+            ts = time.monotonic() if self.settings.live else n / self.settings.replay_fps
+            old = self.mailbox.put((buf, ts), self._stop)
+            if old is not None:
+                self.pool.release(old[0])
+                if old[0] is not buf:
+                    self.counters.add(dropped_busy=1)
+
     # -- inference thread --
     def _inference_loop(self) -> None:
-        last = time.monotonic()
+        try:
+            self._inference()
+        except Exception as exc:  # noqa: BLE001 - thread boundary: recorded and logged, the node exits non-zero
+            self._failed("inference", exc)
+        finally:
+            while (left := self.mailbox.take(0)) is not None:  # a frame put as we stopped: zero it too
+                self.pool.release(left[0])
+            self._drop_matcher()
+            self.tracker.reset()
+            self._queries.fill(0)
+
+    def _inference(self) -> None:
         while True:
             if self._inference_beat:
                 self._inference_beat.beat()
@@ -224,19 +264,28 @@ class Pipeline:
             if item is None:
                 if self.mailbox.closed:
                     break
+                self._idle()
                 continue
             buf, ts = item
             try:
                 self._process(buf, ts)
             finally:
                 self.pool.release(buf)
-            t = time.monotonic()
-            self.fps = 0.9 * self.fps + 0.1 / max(1e-6, t - last) if self.fps else 1 / max(1e-6, t - last)
-            last = t
-        self.tracker.reset()
-        self._queries.fill(0)
+            self._done.append(time.monotonic())
+
+    def _idle(self) -> None:
+        """No frame for a while (camera gone, or capture refusing frames): end stale tracks, and drop the
+        matcher if matching is no longer allowed, so nothing of a past face waits in memory."""
+        if self.settings.live:
+            self.tracker.expire(time.monotonic())
+        if self.refusal is not None:
+            self._drop_matcher()
 
     def _process(self, frame: np.ndarray, ts: float) -> None:
+        with self.gate.watchlist.in_use():  # the shard cannot be wiped while this frame is matched against it
+            self._process_admitted(frame, ts)
+
+    def _process_admitted(self, frame: np.ndarray, ts: float) -> None:
         decision = self.gate.admit(self.clock())  # again: the window may have closed while it waited
         if isinstance(decision, Refusal):
             self.refusal = decision
@@ -254,8 +303,10 @@ class Pipeline:
                 for i, f in enumerate(embedded[:k]):
                     queries[i] = f.embedding
                 results = matcher.match(queries)
-                observations = [FaceObservation(f.detection.box, queries[i], r.entry_id, r.score)
+                observations = [FaceObservation(f.detection.box, queries[i], r.entry_id,
+                                                r.score if r.entry_id is not None else 0.0)
                                 for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
+                del results  # the non-matches' scores go with it
             discarded = sum(1 for o in observations if o.entry_id is None)
             alerts = self.tracker.update(ts, frame, observations)
             self.counters.add(processed=1, faces=len(faces), below_quality=len(faces) - len(embedded),

@@ -50,8 +50,19 @@ class _Track:
     last_seen: float
     window: deque[str | None]
     alerted: set[str] = field(default_factory=set)
-    best_entry: str | None = None
-    best_score: float = -1.0
+    best: dict[str, float] = field(default_factory=dict)  # best score per entry over the track's life
+    crop_entry: str | None = None  # whose best frame the crop slot holds
+    crop_score: float = -1.0
+
+
+REACH = 3.0  # a track continues by appearance only within this many box widths of where it was
+
+
+def _near(a: np.ndarray, b: np.ndarray) -> bool:
+    size = max(float(a[2] - a[0]), float(b[2] - b[0]))
+    dx = float(a[0] + a[2] - b[0] - b[2]) / 2
+    dy = float(a[1] + a[3] - b[1] - b[3]) / 2
+    return bool((dx * dx + dy * dy) ** 0.5 <= REACH * size)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,7 +91,7 @@ class Tracker:
 
     def update(self, now: float, frame: np.ndarray, faces: list[FaceObservation]) -> list[Alert]:
         """One frame's faces in; the alerts this frame completes out."""
-        self._expire(now)
+        self.expire(now)
         assigned = self._associate(faces)
         alerts: list[Alert] = []
         seen: set[int] = set()
@@ -94,9 +105,8 @@ class Tracker:
             track.last_seen = now
             np.copyto(self._embeddings[track.slot], face.embedding)
             track.window.append(face.entry_id)
-            if face.entry_id is not None and face.score > track.best_score:
-                track.best_entry, track.best_score = face.entry_id, face.score
-                self._crop_into(frame, face.box, self._crops[track.slot])
+            if face.entry_id is not None:
+                self._keep_best(track, frame, face)
             alert = self._decide(track)
             if alert is not None:
                 alerts.append(alert)
@@ -104,6 +114,19 @@ class Tracker:
             if id(track) not in seen:
                 track.window.append(None)  # not seen this frame: does not agree
         return alerts
+
+    def _keep_best(self, track: _Track, frame: np.ndarray, face: FaceObservation) -> None:
+        """Best score per entry; the crop slot follows the entry with the most votes in the window (the one
+        an alert would be for), keeping that entry's best-scoring frame."""
+        entry = face.entry_id
+        assert entry is not None
+        track.best[entry] = max(track.best.get(entry, -1.0), face.score)
+        votes = Counter(e for e in track.window if e is not None)
+        leader = track.crop_entry
+        if (entry == leader and face.score > track.crop_score) or (
+                entry != leader and votes[entry] >= votes.get(leader, 0) if leader else True):
+            track.crop_entry, track.crop_score = entry, face.score
+            self._crop_into(frame, face.box, self._crops[track.slot])
 
     def _decide(self, track: _Track) -> Alert | None:
         votes = Counter(e for e in track.window if e is not None)
@@ -113,8 +136,8 @@ class Tracker:
         if count < self.config.agree_k or entry in track.alerted:
             return None
         track.alerted.add(entry)
-        crop = self._crops[track.slot].copy() if track.best_entry == entry else np.zeros_like(self._crops[0])
-        return Alert(track.track_id, entry, track.best_score, count, crop)
+        crop = self._crops[track.slot].copy() if track.crop_entry == entry else np.zeros_like(self._crops[0])
+        return Alert(track.track_id, entry, track.best[entry], count, crop)
 
     def _associate(self, faces: list[FaceObservation]) -> list[_Track | None]:
         """Greedy: highest IoU pairs first, then embedding similarity for what is left."""
@@ -137,10 +160,14 @@ class Tracker:
         rest_t = [ti for ti in range(len(self._tracks)) if ti not in used_t]
         rest_f = [fi for fi in range(len(faces)) if fi not in used_f]
         if rest_t and rest_f:
-            slots = [self._tracks[ti].slot for ti in rest_t]
-            sims = np.stack([faces[fi].embedding for fi in rest_f]) @ self._embeddings[slots].T
-            order = sorted(((float(sims[a, b]), a, b) for a in range(len(rest_f)) for b in range(len(rest_t))),
-                           reverse=True)
+            # a face that moved too far for any overlap may still continue a track: only if it is near
+            # (within REACH box sizes) and looks like the same person (above the impostor range)
+            queries = np.stack([faces[fi].embedding for fi in rest_f])
+            sims = queries @ self._embeddings[[self._tracks[ti].slot for ti in rest_t]].T
+            queries.fill(0)
+            order = sorted(((float(sims[a, b]), a, b) for a in range(len(rest_f)) for b in range(len(rest_t))
+                            if _near(faces[rest_f[a]].box, self._tracks[rest_t[b]].box)), reverse=True)
+            sims.fill(0)
             for sim, a, b in order:
                 if sim < self.config.min_similarity:
                     break
@@ -149,7 +176,6 @@ class Tracker:
                     out[fi] = self._tracks[ti]
                     used_f.add(fi)
                     used_t.add(ti)
-            sims.fill(0)
         return out
 
     def _start(self, now: float, face: FaceObservation) -> _Track | None:
@@ -161,7 +187,8 @@ class Tracker:
         self._tracks.append(track)
         return track
 
-    def _expire(self, now: float) -> None:
+    def expire(self, now: float) -> None:
+        """End (and zero) the tracks not seen for longer than max_age_s."""
         keep = []
         for track in self._tracks:
             if now - track.last_seen > self.config.max_age_s:

@@ -189,3 +189,32 @@ def test_a_camera_not_in_the_deployment_detects_nothing(demo: tuple[Path, list[d
     assert c["frames"] == 90 and c["outside_deployment"] == 90  # dropped before detection, every one
     assert c["processed"] == 0 and c["faces"] == 0 and c["alerts"] == 0 and out.getvalue() == ""
     assert node.pipeline.refusal is not None and "side-door" in node.pipeline.refusal.reason
+
+
+def test_a_failing_inference_thread_stops_the_node_with_an_error(
+        demo: tuple[Path, list[dict[str, object]], str], tmp_path: Path) -> None:
+    root, _, _ = demo
+    site = DemoSite(root)
+    prepare(site, FAST, io.StringIO())
+    node = Node(node_config(site, tmp_path, loop=True), out=io.StringIO(), notifier=Notifier(environ={}),
+                harden=False)
+    stop = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(node.run(stop)))
+    t.start()
+    try:
+        assert wait_for(lambda: node.pipeline is not None and node.pipeline.counters.processed > 2, timeout=60)
+        p = node.pipeline
+        assert p is not None
+
+        def broken(*_a: object, **_kw: object) -> object:  # fault injection: a bug deep in inference
+            raise RuntimeError("inference bug")
+
+        p.analyzer.analyse = broken  # type: ignore[method-assign]
+        t.join(60)
+    finally:
+        stop.set()
+        t.join(30)
+    assert result == [1]  # non-zero: systemd's Restart=on-failure brings it back
+    assert p.error is not None and "inference bug" in p.error
+    assert p.pool.in_use == 0 and all(not b.any() for b in p.pool.buffers())

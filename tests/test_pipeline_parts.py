@@ -114,3 +114,37 @@ def test_gate_admits_only_inside_the_window_and_for_listed_cameras(world: World)
     # the shard expires with the deployment's end: past it the watch list is wiped (fail closed)
     assert isinstance(d := gate.admit(shard.manifest.expires), Refusal) and d.code == "no-shard"
     assert active.current(now()) is None and not shard.gallery.matrix.any()
+
+
+def test_a_stranger_far_away_does_not_continue_someone_elses_track() -> None:
+    tr = Tracker(TrackingConfig(agree_k=3, window_n=5), dim=128)
+    for i in range(2):
+        tr.update(i * 0.1, FRAME, [obs(10, 7, "wl-1")])
+    # the first person leaves; a different person, far across the frame, looks alike and matches once
+    alerts = tr.update(0.2, FRAME, [FaceObservation(np.array([330, 10, 380, 60], np.float32), unit(7), "wl-1",
+                                                    0.941)])
+    assert alerts == [] and tr.active == 2  # a new track: two people's frames never add up to one alert
+
+
+def test_an_alert_carries_its_own_entrys_best_score_and_crop() -> None:
+    tr = Tracker(TrackingConfig(agree_k=3, window_n=5), dim=128)
+    alerts = []
+    for i, (entry, score) in enumerate([("wl-A", 0.99), ("wl-B", 0.95), ("wl-B", 0.96), ("wl-B", 0.955)]):
+        alerts += tr.update(i * 0.1, FRAME, [obs(100, 8, entry, score)])
+    assert [(a.entry_id, a.score) for a in alerts] == [("wl-B", 0.96)]
+    assert alerts[0].crop.any()  # B's own best frame, not A's
+
+
+def test_a_shard_is_not_wiped_while_a_frame_is_matched_against_it(world: World) -> None:
+    world.watchlist()
+    old = world.store.load(world.issue(), world.model, now())
+    active = ActiveWatchList()
+    active.swap(old)
+    swapped = threading.Event()
+    with active.in_use():
+        t = threading.Thread(target=lambda: (active.swap(None), swapped.set()))
+        t.start()
+        assert not swapped.wait(0.3)  # the push waits for the frame in progress...
+        assert old.gallery.matrix.any() and old.gallery.size == len(old.gallery.entry_ids)
+    t.join(5)
+    assert swapped.is_set() and not old.gallery.matrix.any()  # ...then wipes

@@ -106,26 +106,36 @@ class ShardStore:
 
 
 class ActiveWatchList:
-    """The watch list in force in memory: swapped atomically, wiped when replaced or expired."""
+    """The watch list in force in memory: swapped atomically, wiped when replaced or expired.
+
+    The inference thread matches inside `in_use()`; a gallery is wiped only when nobody is using it, so a
+    shard push or an expiry never pulls the matrix from under a match in progress (it waits one frame)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._use = threading.RLock()
         self._current: AcceptedShard | None = None
+
+    def in_use(self) -> threading.RLock:
+        """Hold while matching against the shard `current()` returned."""
+        return self._use
+
+    def _wipe(self, old: AcceptedShard) -> None:
+        with self._use:
+            old.gallery.wipe()
 
     def swap(self, new: AcceptedShard | None) -> None:
         with self._lock:
             old, self._current = self._current, new
         if old is not None and old is not new:
-            old.gallery.wipe()
+            self._wipe(old)
 
     def current(self, now: datetime) -> AcceptedShard | None:
         """The shard in force, or None; an expired shard is wiped here (fail closed)."""
         with self._lock:
             cur = self._current
-            if cur is not None and now >= cur.manifest.expires:
-                self._current = None
-                cur.gallery.wipe()
-                return None
-            return cur
-
-
+            if cur is None or now < cur.manifest.expires:
+                return cur
+            self._current = None
+        self._wipe(cur)
+        return None
