@@ -42,6 +42,18 @@ class FrameReader(Protocol):
 
     def read(self) -> np.ndarray | None: ...
 
+    def lores(self) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True)
+class Captured:
+    """A frame in pooled buffers: the main image (crops, alignment) and, from a camera that has one, its
+    low-resolution stream (detection)."""
+
+    frame: np.ndarray
+    lores: np.ndarray | None
+    ts: float
+
 
 class AlertSink(Protocol):
     """Where alerts go: the event service (signed, outbox, MQTT), or the demo's printer."""
@@ -86,10 +98,10 @@ class Mailbox:
     def __init__(self, drop_old: bool):
         self.drop_old = drop_old
         self._cond = threading.Condition()
-        self._item: tuple[np.ndarray, float] | None = None
+        self._item: Captured | None = None
         self._closed = False
 
-    def put(self, item: tuple[np.ndarray, float], stop: threading.Event) -> tuple[np.ndarray, float] | None:
+    def put(self, item: Captured, stop: threading.Event) -> Captured | None:
         """Returns the frame it displaced (to be released by the caller), if any; once closed, the frame
         itself comes back."""
         with self._cond:
@@ -104,7 +116,7 @@ class Mailbox:
             self._cond.notify_all()
             return old
 
-    def take(self, timeout: float) -> tuple[np.ndarray, float] | None:
+    def take(self, timeout: float) -> Captured | None:
         with self._cond:
             if self._item is None and not self._closed:
                 self._cond.wait(timeout)
@@ -131,7 +143,7 @@ class PipelineSettings:
     tracking: TrackingConfig
     live: bool = True  # a live camera (newest frame wins, wall-clock track ages); False: replay every frame
     replay_fps: float = 15.0  # track ages in replay follow the frames, at this rate
-    pool_slots: int = 3
+    pool_slots: int = 3  # frames in flight (capture, mailbox, inference); doubled for a lores stream
     max_faces: int = 64
 
 
@@ -155,7 +167,7 @@ class Pipeline:
         self.sink = sink
         self.clock = clock
         self.counters = Counters()
-        self.pool = FramePool(settings.pool_slots)
+        self.pool = FramePool(2 * settings.pool_slots)
         self.mailbox = Mailbox(drop_old=settings.live)
         spec = analyzer.embedder_spec
         self.model = ModelRef(spec.id, spec.sha256)
@@ -231,17 +243,36 @@ class Pipeline:
                 self.counters.add(outside_deployment=1)
                 continue
             self.refusal = None
-            buf = self.pool.acquire(frame.shape)
-            if buf is None:
+            captured = self._pooled(frame, self.camera.lores(),
+                                    time.monotonic() if self.settings.live else n / self.settings.replay_fps)
+            if captured is None:
                 self.counters.add(dropped_busy=1)
                 continue
-            np.copyto(buf, frame)
-            ts = time.monotonic() if self.settings.live else n / self.settings.replay_fps
-            old = self.mailbox.put((buf, ts), self._stop)
+            old = self.mailbox.put(captured, self._stop)
             if old is not None:
-                self.pool.release(old[0])
-                if old[0] is not buf:
+                self._release(old)
+                if old is not captured:
                     self.counters.add(dropped_busy=1)
+
+    def _pooled(self, frame: np.ndarray, lores: np.ndarray | None, ts: float) -> Captured | None:
+        """Copies of the camera's buffers in pooled ones (the camera reuses its own on the next read)."""
+        buf = self.pool.acquire(frame.shape)
+        if buf is None:
+            return None
+        small = None
+        if lores is not None:
+            small = self.pool.acquire(lores.shape)
+            if small is None:
+                self.pool.release(buf)
+                return None
+            np.copyto(small, lores)
+        np.copyto(buf, frame)
+        return Captured(buf, small, ts)
+
+    def _release(self, item: Captured) -> None:
+        self.pool.release(item.frame)
+        if item.lores is not None:
+            self.pool.release(item.lores)
 
     # -- inference thread --
     def _inference_loop(self) -> None:
@@ -251,7 +282,7 @@ class Pipeline:
             self._failed("inference", exc)
         finally:
             while (left := self.mailbox.take(0)) is not None:  # a frame put as we stopped: zero it too
-                self.pool.release(left[0])
+                self._release(left)
             self._drop_matcher()
             self.tracker.reset()
             self._queries.fill(0)
@@ -266,11 +297,10 @@ class Pipeline:
                     break
                 self._idle()
                 continue
-            buf, ts = item
             try:
-                self._process(buf, ts)
+                self._process(item)
             finally:
-                self.pool.release(buf)
+                self._release(item)
             self._done.append(time.monotonic())
 
     def _idle(self) -> None:
@@ -281,11 +311,12 @@ class Pipeline:
         if self.refusal is not None:
             self._drop_matcher()
 
-    def _process(self, frame: np.ndarray, ts: float) -> None:
+    def _process(self, item: Captured) -> None:
         with self.gate.watchlist.in_use():  # the shard cannot be wiped while this frame is matched against it
-            self._process_admitted(frame, ts)
+            self._process_admitted(item)
 
-    def _process_admitted(self, frame: np.ndarray, ts: float) -> None:
+    def _process_admitted(self, item: Captured) -> None:
+        frame, ts = item.frame, item.ts
         decision = self.gate.admit(self.clock())  # again: the window may have closed while it waited
         if isinstance(decision, Refusal):
             self.refusal = decision
@@ -294,7 +325,7 @@ class Pipeline:
             return
         matcher = self._matcher_for(decision)
         try:
-            faces = self.analyzer.analyse(frame)
+            faces = self.analyzer.analyse(frame, detect_on=item.lores)
             embedded = [f for f in faces if f.embedding is not None]
             k = min(len(embedded), self._queries.shape[0])
             observations: list[FaceObservation] = []

@@ -11,7 +11,7 @@ from shardworld import World, make_world
 
 from edge.config import TrackingConfig
 from edge.deployment import Admission, DeploymentGate, Refusal
-from edge.pipeline import Mailbox
+from edge.pipeline import Captured, Mailbox
 from edge.pool import FramePool
 from edge.tracking import CROP_SIZE, FaceObservation, Tracker
 from edge.trust.times import now
@@ -33,7 +33,7 @@ def test_pool_buffers_are_zeroed_on_release_and_reused() -> None:
 def test_mailbox_newest_wins_and_blocking_mode_keeps_every_frame() -> None:
     stop = threading.Event()
     live = Mailbox(drop_old=True)
-    f1, f2 = (np.zeros(1), 1.0), (np.ones(1), 2.0)
+    f1, f2 = Captured(np.zeros(1), None, 1.0), Captured(np.ones(1), None, 2.0)
     assert live.put(f1, stop) is None
     assert live.put(f2, stop) is f1  # the older waiting frame comes back to be released and counted
     assert live.take(0.1) is f2
@@ -148,3 +148,23 @@ def test_a_shard_is_not_wiped_while_a_frame_is_matched_against_it(world: World) 
         assert old.gallery.matrix.any() and old.gallery.size == len(old.gallery.entry_ids)
     t.join(5)
     assert swapped.is_set() and not old.gallery.matrix.any()  # ...then wipes
+
+
+def test_detection_on_a_low_resolution_stream_maps_faces_to_the_main_frame(analyzer, devset) -> None:  # type: ignore[no-untyped-def]
+    """picamera2 gives a main and a lores stream of the same scene: detect on lores, align and embed on main."""
+    import cv2
+
+    from edge.tracking import iou
+    from edge.vision.analyzer import read_rgb
+
+    main = read_rgb(devset / "images/face_recognition/obama2.jpg")
+    lores = cv2.resize(main, (main.shape[1] * 2 // 5, main.shape[0] * 2 // 5), interpolation=cv2.INTER_AREA)
+    full = analyzer.analyse(main)
+    boxes = [f.detection.box.copy() for f in full]
+    emb = full[0].embedding.copy()  # type: ignore[union-attr]
+    analyzer.release()
+    via = analyzer.analyse(main, detect_on=lores)
+    assert len(via) == len(boxes) == 1
+    assert iou(via[0].detection.box, boxes[0]) > 0.85
+    assert via[0].embedding is not None and float(via[0].embedding @ emb) > 0.98  # the same face, aligned on main
+    analyzer.release()

@@ -89,6 +89,10 @@ class CameraSupervisor:
         self._close_source()
         return None
 
+    def lores(self) -> np.ndarray | None:
+        """The low-resolution frame that goes with the last read() (picamera2), or None."""
+        return self.source.lores() if self._is_open else None
+
     def stop(self) -> None:
         """Ask the reading thread to stop: a back-off is cut short and read() returns None from then on."""
         with self._lock:

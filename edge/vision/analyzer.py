@@ -56,12 +56,21 @@ class FaceAnalyzer:
     def embedder_spec(self) -> ModelSpec:
         return self.embedder.spec
 
-    def analyse(self, rgb: np.ndarray, embed_all: bool = False,
-                clock: StageClock | None = None) -> list[AnalysedFace]:
-        """Faces of the frame, largest first. Faces failing the gate are embedded only if embed_all."""
+    def analyse(self, rgb: np.ndarray, embed_all: bool = False, clock: StageClock | None = None,
+                detect_on: np.ndarray | None = None) -> list[AnalysedFace]:
+        """Faces of the frame, largest first. Faces failing the gate are embedded only if embed_all.
+
+        `detect_on`: a smaller view of the same frame (picamera2's lores stream, from the camera's ISP) to
+        run detection on; boxes and keypoints are scaled to `rgb`, where faces are aligned and cropped."""
         if clock:
             clock.start()
-        detections = self.detector.detect(rgb, clock)
+        if detect_on is None:
+            detections = self.detector.detect(rgb, clock)
+        else:
+            sx, sy = rgb.shape[1] / detect_on.shape[1], rgb.shape[0] / detect_on.shape[0]
+            scale = np.array([sx, sy], np.float32)
+            detections = [Detection(d.box * np.tile(scale, 2), d.keypoints * scale, d.score)
+                          for d in self.detector.detect(detect_on, clock)]
         detections.sort(key=lambda d: -d.width * d.height)
         detections = detections[: self._embeddings.shape[0]]
         out = []
