@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
+from edge.audit import AuditError, AuditTamperError, verify_log
 from edge.events.commands import shard_push_args
 from edge.events.link import BrokerURLError
+from edge.trust.keys import ed25519_public
 from edge.trust.root import TrustError
 from edge.trust.times import format_time, now
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
@@ -230,6 +232,24 @@ def cmd_shard_push(args: argparse.Namespace) -> int:
     return 1 if all(r.answered for r in results) else 3
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check a node's audit log: the hash chain (a changed, removed, inserted or reordered line) and, with
+    --checkpoints, the device-signed checkpoints (truncation, a rewritten tail)."""
+    fleet = Fleet(args.fleet_dir)
+    key = ed25519_public(fleet.device(args.device).ed25519)
+    log = Path(args.log)
+    checkpoints = [c for c in Path(args.checkpoints).read_bytes().split(b"\n") if c] if args.checkpoints else []
+    try:
+        v = verify_log(log.read_bytes(), str(log), key, checkpoints)
+    except AuditTamperError as exc:
+        print(f"edge-fleet audit verify: TAMPERED: {exc}", file=sys.stderr)
+        return 1
+    vouched = f"; checkpoint vouches for the first {v.checkpoint_seq}" if v.checkpoint_seq is not None else \
+        "; no checkpoint given: truncation cannot be ruled out"
+    print(f"{log}: {v.records} records, chain intact, head {v.head[:16]}...{vouched}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-fleet", description="Fleet administration for edge face-match nodes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -362,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_arg(tail)
     tail.set_defaults(func=cmd_events_tail)
 
+    audit = sub.add_parser("audit", help="a node's audit log", description="Audit logs.")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    averify = audit_sub.add_parser("verify", help="verify a node's audit log", description=cmd_audit_verify.__doc__)
+    averify.add_argument("log", metavar="LOG")
+    averify.add_argument("--device", required=True, help="the device whose log it is (its key checks checkpoints)")
+    averify.add_argument("--checkpoints", help="the device's signed checkpoints, one per line")
+    fleet_arg(averify)
+    averify.set_defaults(func=cmd_audit_verify)
+
     models = sub.add_parser("models", help="the model files a fleet ships", description="Model files.")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     verify = models_sub.add_parser("verify", help="check model files against MANIFEST.json",
@@ -376,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, OSError) as exc:
+    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, AuditError, OSError) as exc:
         print(f"edge-fleet {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -1,0 +1,219 @@
+"""The audit log: append-only, hash-chained JSON lines, with signed checkpoints (GOVERNANCE G8, G9).
+
+Each line is canonical JSON {seq, ts, kind, data, prev} where `prev` is the sha256 of the previous line's
+bytes (64 zeros for the first). Changing, removing or reordering a line breaks the chain at that point;
+cutting lines off the end is caught against the last signed checkpoint {seq, head}, which the node
+publishes on its audit topic so a copy lives off the device.
+
+What goes in: node start/stop, deployment start/end, shard accepted/rejected (with the reason), the
+threshold in force, each alert (event id, entry id, score), review outcomes, purges, configuration
+changes, provisioning. What never goes in: images, crops, embeddings, or anything about a face that did
+not match. `data` is checked for that on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.events.messages import AUDIT_CHECKPOINT, MessageError, audit_checkpoint_body, open_message, sign_message
+from edge.trust.canonical import CanonicalFormError, canonical, parse_canonical
+from edge.trust.times import TimeFormatError, format_time, parse_time
+
+GENESIS = "0" * 64
+KINDS = frozenset({
+    "node-start", "node-stop", "deployment-start", "deployment-end", "shard-accepted", "shard-rejected",
+    "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered"})
+MAX_DATA_CHARS = 2000  # a line is a record, not a container: nothing bulky (an image) fits
+FORBIDDEN_KEYS = frozenset({"embedding", "crop", "image", "frame", "evidence", "pixels", "face"})
+
+
+class AuditError(Exception):
+    """The audit log cannot be written or read (names the file)."""
+
+
+class AuditRecordError(AuditError):
+    """A record was refused: unknown kind, too large, or carrying something that must never be logged."""
+
+
+class AuditTamperError(AuditError):
+    """Verification found the log altered: the message names the line and what is wrong."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    ts: datetime
+    kind: str
+    data: Mapping[str, Any]
+    prev: str
+    digest: str  # sha256 of this line's bytes, the next line's `prev`
+
+
+def _digest(line: bytes) -> str:
+    return hashlib.sha256(line).hexdigest()
+
+
+def _check_data(kind: str, data: Mapping[str, Any]) -> None:
+    if kind not in KINDS:
+        raise AuditRecordError(f"audit kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+
+    def walk(v: object, path: str) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if str(k).lower() in FORBIDDEN_KEYS:
+                    raise AuditRecordError(f"audit {kind}: field {path}{k!r} may not be logged (biometric data)")
+                walk(x, f"{path}{k}.")
+        elif isinstance(v, list):
+            for x in v:
+                walk(x, path)
+        elif isinstance(v, (bytes, bytearray, memoryview)):
+            raise AuditRecordError(f"audit {kind}: binary data at {path!r} may not be logged")
+
+    walk(dict(data), "")
+    if len(canonical(dict(data))) > MAX_DATA_CHARS:
+        raise AuditRecordError(f"audit {kind}: record over {MAX_DATA_CHARS} characters")
+
+
+def parse_line(raw: bytes, where: str) -> AuditEntry:
+    try:
+        doc = parse_canonical(raw)
+    except CanonicalFormError as exc:
+        raise AuditTamperError(f"{where}: not a canonical record ({exc})") from None
+    if not isinstance(doc, dict) or set(doc) != {"seq", "ts", "kind", "data", "prev"}:
+        raise AuditTamperError(f"{where}: fields must be exactly seq, ts, kind, data, prev")
+    try:
+        ts = parse_time(doc["ts"])
+    except TimeFormatError as exc:
+        raise AuditTamperError(f"{where}: ts: {exc}") from None
+    if not isinstance(doc["seq"], int) or not isinstance(doc["prev"], str) or not isinstance(doc["data"], dict):
+        raise AuditTamperError(f"{where}: bad field types")
+    return AuditEntry(doc["seq"], ts, str(doc["kind"]), doc["data"], doc["prev"], _digest(raw))
+
+
+class AuditLog:
+    """One node's log file. Appends are durable (fsync) before `append` returns; one writer per process."""
+
+    def __init__(self, path: Path, clock: Callable[[], datetime]):
+        self.path = path
+        self.clock = clock
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._seq, self._head = 0, GENESIS
+        torn = self._recover()
+        if torn:
+            self.append("recovered", {"torn_bytes": torn, "reason": "an incomplete last record (power loss or "
+                                      "kill mid-write) was cut off; every complete record is intact"})
+
+    def _recover(self) -> int:
+        """Find the chain's head; cut off an incomplete final record (no newline) left by a crash."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        end = raw.rfind(b"\n") + 1
+        torn = len(raw) - end
+        for entry in verify_chain(raw[:end], str(self.path)):
+            self._seq, self._head = entry.seq, entry.digest
+        if torn:
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                f.flush()
+                os.fsync(f.fileno())
+        return torn
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(seq, sha256) of the last record."""
+        with self._lock:
+            return self._seq, self._head
+
+    def append(self, kind: str, data: Mapping[str, Any]) -> AuditEntry:
+        _check_data(kind, data)
+        with self._lock:
+            seq = self._seq + 1
+            ts = self.clock()
+            line = canonical({"seq": seq, "ts": format_time(ts), "kind": kind, "data": dict(data),
+                              "prev": self._head})
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line + b"\n")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot append ({exc.strerror})") from None
+            prev, self._seq, self._head = self._head, seq, _digest(line)
+            return AuditEntry(seq, ts, kind, dict(data), prev, self._head)
+
+    def checkpoint(self, device_id: str, key: Ed25519PrivateKey) -> bytes:
+        """A signed statement of the log's length and head, for the audit topic (and a local copy)."""
+        seq, head = self.head
+        signed = sign_message(audit_checkpoint_body(device_id, seq, head, self.clock()), key)
+        with open(self.path.with_name("checkpoints.jsonl"), "ab") as f:
+            f.write(signed + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return signed
+
+
+def verify_chain(raw: bytes, name: str) -> Iterator[AuditEntry]:
+    """Every record in order, each checked against the one before: seq +1, prev = sha256(previous line)."""
+    prev, seq = GENESIS, 0
+    for i, line in enumerate(raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n"), start=1):
+        where = f"{name}: line {i}"
+        entry = parse_line(line, where)
+        if entry.seq != seq + 1:
+            raise AuditTamperError(f"{where}: seq {entry.seq} follows {seq} (a record was removed, inserted or "
+                                   "moved)")
+        if entry.prev != prev:
+            raise AuditTamperError(f"{where}: does not chain to the record before it (that record was changed, "
+                                   "or records were reordered)")
+        _check_data(entry.kind, entry.data)
+        prev, seq = entry.digest, entry.seq
+        yield entry
+
+
+@dataclass(frozen=True)
+class Verified:
+    records: int
+    head: str
+    checkpoint_seq: int | None
+
+
+def verify_log(raw: bytes, name: str, device_key: Ed25519PublicKey | None = None,
+               checkpoints: Sequence[bytes] = ()) -> Verified:
+    """The whole file: chain intact, and consistent with every signed checkpoint (no truncation: the log is
+    at least as long as the latest checkpoint and holds the checkpointed head at that seq)."""
+    if raw and not raw.endswith(b"\n"):
+        raise AuditTamperError(f"{name}: the last record is incomplete")
+    digests: dict[int, str] = {}
+    last = Verified(0, GENESIS, None)
+    for entry in verify_chain(raw, name):
+        digests[entry.seq] = entry.digest
+        last = Verified(entry.seq, entry.digest, None)
+    best: int | None = None
+    for i, cp in enumerate(checkpoints, start=1):
+        if device_key is None:
+            raise AuditError("checkpoints need the device's public key to be verified")
+        try:
+            body = open_message(cp, AUDIT_CHECKPOINT, device_key)
+        except MessageError as exc:
+            raise AuditTamperError(f"checkpoint {i}: {exc}") from None
+        cseq, chead = int(body["seq"]), str(body["head"])
+        if cseq > last.records:
+            raise AuditTamperError(f"{name}: truncated: checkpoint {i} vouches for {cseq} records, the log has "
+                                   f"{last.records}")
+        if cseq > 0 and digests.get(cseq) != chead:
+            raise AuditTamperError(f"{name}: record {cseq} differs from what checkpoint {i} signed")
+        best = max(best or 0, cseq)
+    return Verified(last.records, last.head, best)

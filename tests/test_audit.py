@@ -1,0 +1,131 @@
+"""The audit log: hash chain, signed checkpoints, each kind of tampering caught, crash-safe appends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.audit import AuditLog, AuditRecordError, AuditTamperError, verify_log
+from edge.trust.times import now
+
+KEY = Ed25519PrivateKey.generate()
+
+
+def filled(tmp_path: Path, n: int = 6) -> tuple[Path, bytes]:
+    log = AuditLog(tmp_path / "audit.jsonl", now)
+    log.append("node-start", {"version": "0.1.0"})
+    for i in range(n - 1):
+        log.append("alert", {"event_id": f"e{i}", "entry_id": "wl-1", "score": 0.95})
+    cp = log.checkpoint("cam-01", KEY)
+    return log.path, cp
+
+
+def lines(path: Path) -> list[bytes]:
+    return path.read_bytes().split(b"\n")[:-1]
+
+
+def write(path: Path, ls: list[bytes]) -> bytes:
+    raw = b"".join(x + b"\n" for x in ls)
+    path.write_bytes(raw)
+    return raw
+
+
+def test_an_intact_log_verifies_against_its_checkpoint(tmp_path: Path) -> None:
+    path, cp = filled(tmp_path)
+    v = verify_log(path.read_bytes(), str(path), KEY.public_key(), [cp])
+    assert v.records == 6 and v.checkpoint_seq == 6
+    # appends after the checkpoint are fine: the checkpoint vouches for a prefix
+    AuditLog(path, now).append("node-stop", {})
+    assert verify_log(path.read_bytes(), str(path), KEY.public_key(), [cp]).records == 7
+
+
+@pytest.mark.parametrize("tamper", ["changed", "removed", "reordered", "inserted", "truncated", "head-changed"])
+def test_each_kind_of_tampering_is_caught(tmp_path: Path, tamper: str) -> None:
+    path, cp = filled(tmp_path)
+    ls = lines(path)
+    if tamper == "changed":
+        ls[2] = ls[2].replace(b'"score":0.95', b'"score":0.99')
+    elif tamper == "removed":
+        del ls[3]
+    elif tamper == "reordered":
+        ls[2], ls[3] = ls[3], ls[2]
+    elif tamper == "inserted":
+        ls.insert(2, ls[2])
+    elif tamper == "truncated":
+        ls = ls[:4]
+    elif tamper == "head-changed":  # the last line rewritten: the chain alone cannot see it, the checkpoint can
+        ls[-1] = ls[-1].replace(b'"e4"', b'"e9"')
+    raw = write(path, ls)
+    with pytest.raises(AuditTamperError) as err:
+        verify_log(raw, str(path), KEY.public_key(), [cp])
+    assert str(path) in str(err.value)
+
+
+def test_a_forged_checkpoint_is_refused(tmp_path: Path) -> None:
+    path, _ = filled(tmp_path)
+    forged = AuditLog(path, now).checkpoint("cam-01", Ed25519PrivateKey.generate())
+    with pytest.raises(AuditTamperError, match="checkpoint 1"):
+        verify_log(path.read_bytes(), str(path), KEY.public_key(), [forged])
+
+
+@pytest.mark.parametrize(("kind", "data"), [
+    ("alert", {"event_id": "e1", "embedding": [0.1, 0.2]}),
+    ("alert", {"event_id": "e1", "detail": {"crop": "..."}}),
+    ("alert", {"event_id": "e1", "raw": b"\xff\xd8"}),
+    ("alert", {"event_id": "e1", "note": "x" * 5000}),
+    ("gossip", {}),
+])
+def test_biometric_or_bulky_records_are_refused(tmp_path: Path, kind: str, data: dict[str, object]) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", now)
+    with pytest.raises(AuditRecordError):
+        log.append(kind, data)
+    assert not (tmp_path / "audit.jsonl").exists() or (tmp_path / "audit.jsonl").read_bytes() == b""
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from edge.audit import AuditLog
+from edge.trust.times import now
+log = AuditLog(Path(sys.argv[1]), now)
+while True:
+    log.append("alert", {"event_id": "e", "entry_id": "wl-1", "score": 0.95, "pad": "p" * 300})
+"""
+
+
+def test_killed_mid_write_many_times_the_chain_stays_valid(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], env=env)
+        time.sleep(0.4 + 0.05 * i)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    log = AuditLog(path, now)  # recovers a torn tail, if any, and records that it did
+    v = verify_log(path.read_bytes(), str(path))
+    assert v.records == log.head[0] and v.records > 8
+
+
+def test_fleet_verify_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shardworld import make_world
+
+    world = make_world(tmp_path, monkeypatch)
+    log = AuditLog(tmp_path / "node" / "audit" / "audit.jsonl", now)
+    for i in range(4):
+        log.append("alert", {"event_id": f"e{i}", "entry_id": "wl-1", "score": 0.95})
+    log.checkpoint("cam-01", world.device.signing_key)
+    cps = log.path.with_name("checkpoints.jsonl")
+    args = [sys.executable, "-m", "provisioning.cli", "audit", "verify", str(log.path), "--device", "cam-01",
+            "--checkpoints", str(cps), "--fleet-dir", str(world.fleet.dir)]
+    good = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert good.returncode == 0 and "4 records, chain intact" in good.stdout and "first 4" in good.stdout
+    write(log.path, lines(log.path)[:2])
+    bad = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "TAMPERED" in bad.stderr and "truncated" in bad.stderr
