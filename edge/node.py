@@ -20,9 +20,11 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
+from edge.audit import AuditLog
 from edge.capture import CameraSupervisor, open_source
 from edge.config import MqttConfig, NodeConfig
 from edge.deployment import DeploymentGate
+from edge.events.ids import uuid7
 from edge.events.link import BrokerSettings
 from edge.events.service import EventService, EventSigner, MatchDraft, shard_push_handler
 from edge.identity import DeviceIdentity, load_identity
@@ -39,6 +41,24 @@ from edge.watchlist.store import ActiveWatchList, ShardStore
 
 log = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
+CHECKPOINT_EVERY = 600.0  # seconds between signed audit checkpoints on the audit topic
+
+
+class AuditedSink:
+    """Records each alert in the audit log (event id, entry id, score: never an image) once it is sent."""
+
+    def __init__(self, sink: Any, audit: AuditLog):
+        self.sink = sink
+        self.audit = audit
+
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
+        event_id: str = self.sink.emit(draft, crop, media_type)
+        self.audit.append("alert", {"event_id": event_id, "entry_id": draft.entry_id, "score": round(draft.score, 4),
+                                    "threshold": draft.threshold, "track_id": draft.track_id,
+                                    "camera_id": draft.camera_id, "deployment_id": draft.deployment_id,
+                                    "shard": {"id": draft.shard.id, "version": draft.shard.version},
+                                    "frames_agreeing": draft.frames_agreeing})
+        return event_id
 
 
 class NodeError(Exception):
@@ -131,6 +151,7 @@ class Node:
         self.pipeline: Pipeline | None = None
         self.events: EventService | None = None
         self.camera: CameraSupervisor | None = None
+        self.audit: AuditLog | None = None
         self.ready = threading.Event()
 
     def _load_shard(self, store: ShardStore, analyzer: FaceAnalyzer) -> None:
@@ -138,14 +159,39 @@ class Node:
             accepted = store.reload_current(analyzer.embedder_spec, self.clock())
         except TrustError as exc:
             log.error("the stored shard is not usable: %s: %s", type(exc).__name__, exc)
+            self._audit("shard-rejected", {"source": "stored", "code": type(exc).__name__, "reason": str(exc)})
             accepted = None
-        self.watchlist.swap(accepted)
+        if accepted is not None:
+            self._on_shard(accepted)
 
     def _on_shard(self, accepted: AcceptedShard) -> None:
         self.watchlist.swap(accepted)
         m = accepted.manifest
         log.info("shard %s v%d in force (deployment %s, %d entries)", m.shard_id, m.version, m.deployment.id,
                  m.entries)
+        self._audit("shard-accepted", {"shard_id": m.shard_id, "version": m.version, "entries": m.entries,
+                                       "deployment_id": m.deployment.id, "authorisation": m.deployment.authorisation,
+                                       "start": format_time(m.deployment.start),
+                                       "end": format_time(m.deployment.end), "cameras": list(m.deployment.cameras),
+                                       "retention_days": m.deployment.retention_days,
+                                       "expires": format_time(m.expires)})
+        self._audit("threshold", {"threshold": m.deployment.threshold, "deployment_id": m.deployment.id,
+                                  "model": {"id": m.model_id, "sha256": m.model_sha256}})
+
+    def _audit(self, kind: str, data: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.append(kind, data)
+
+    def _checkpoint(self, identity: DeviceIdentity) -> None:
+        """Sign the audit log's head and send it on the audit topic (a copy off the device: truncation shows)."""
+        if self.audit is None:
+            return
+        signed = self.audit.checkpoint(identity.device_id, identity.signing_key)
+        if self.events is not None:
+            events = self.events
+            events.outbox.enqueue(events.link.topics.audit, (self.clock() + timedelta(days=7)).timestamp(),
+                                  lambda _seq: (uuid7(), signed))
+            events.link.wake()
 
     def state_detail(self) -> dict[str, Any]:
         """What the retained state topic says besides online/offline and the outbox counters."""
@@ -181,6 +227,10 @@ class Node:
             disable_core_dumps()
         cfg = self.config
         identity: DeviceIdentity = load_identity(cfg.state_dir)
+        self.audit = AuditLog(cfg.state_dir / "audit" / "audit.jsonl", self.clock)
+        self._audit("node-start", {"device_id": identity.device_id, "camera_id": cfg.camera.id,
+                                   "config": str(cfg.source_file) if cfg.source_file else None,
+                                   "profile": cfg.profile})
         store = ShardStore(cfg.state_dir)
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(cfg.vision)
@@ -196,6 +246,7 @@ class Node:
             sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
         else:
             sink = PrintSink(EventSigner(identity, signer_key), self.out)
+        sink = AuditedSink(sink, self.audit)
         self.camera = CameraSupervisor(open_source(cfg.camera))
         live = cfg.camera.source != "replay" or cfg.camera.realtime
         self.pipeline = Pipeline(
@@ -223,7 +274,11 @@ class Node:
             if period is not None:
                 feeder_thread.start()
             next_status = 0.0
+            next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
             while not stop.is_set():
+                if time.monotonic() >= next_checkpoint:
+                    self._checkpoint(identity)
+                    next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
                 if not self.ready.is_set() and self.watchlist.current(self.clock()) is not None:
                     self.ready.set()
                     self.notifier.ready(self.status_line())
@@ -244,6 +299,9 @@ class Node:
             self.pipeline.stop()
             if self.pipeline.join(10):
                 self.camera.close()  # only once the capture thread is out of read()
+            self._audit("node-stop", {"counters": self.pipeline.counters.snapshot(),
+                                      "error": self.pipeline.error})
+            self._checkpoint(identity)
             if self.events is not None:
                 if not stop.is_set():  # a replay that ended: give its last events a moment to go out
                     self.events.drain(10.0)

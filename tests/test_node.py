@@ -218,3 +218,24 @@ def test_a_failing_inference_thread_stops_the_node_with_an_error(
     assert result == [1]  # non-zero: systemd's Restart=on-failure brings it back
     assert p.error is not None and "inference bug" in p.error
     assert p.pool.in_use == 0 and all(not b.any() for b in p.pool.buffers())
+
+
+def test_the_audit_log_records_the_run_without_biometric_data(
+        demo: tuple[Path, list[dict[str, object]], str]) -> None:
+    from edge.audit import verify_log
+
+    root, events, _ = demo
+    path = root / "node" / "audit" / "audit.jsonl"
+    raw = path.read_bytes()
+    device = json.loads((root / "node" / "identity" / "device.json").read_text())
+    cps = [c for c in (path.with_name("checkpoints.jsonl")).read_bytes().split(b"\n") if c]
+    v = verify_log(raw, str(path), ed25519_public(device["ed25519"]), cps)
+    assert v.checkpoint_seq is not None and v.checkpoint_seq >= 1
+    records = [json.loads(line) for line in raw.splitlines()]
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "node-start" and "shard-accepted" in kinds and "threshold" in kinds
+    alerts = [r["data"] for r in records if r["kind"] == "alert"]
+    assert [a["event_id"] for a in alerts[:2]] == [e["event_id"] for e in events]
+    assert kinds.count("node-stop") >= 1
+    for word in (b"embedding", b"crop", b"ciphertext", b"\xff\xd8"):
+        assert word not in raw
