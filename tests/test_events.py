@@ -15,6 +15,7 @@ from shardworld import World, make_world
 
 from edge.events.commands import command_body, shard_push_args
 from edge.events.evidence import open_evidence
+from edge.events.ids import uuid7
 from edge.events.messages import (
     COMMAND_RESULT,
     STATE,
@@ -255,3 +256,23 @@ def test_a_failing_callback_does_not_kill_the_link(world: World, broker: Broker,
         assert wait_for(lambda: svc.outbox.stats().pending == 0)
         h = svc.link.health()
         assert h.loop_alive and h.progressing(stall_after=10) and "handler bug" in str(h.last_error)
+
+
+def test_an_event_nobody_would_receive_is_kept_an_audit_checkpoint_is_not(world: World,
+                                                                          own_broker: Broker) -> None:
+    with Node(world, own_broker) as svc:  # no operator console has ever subscribed on this broker
+        assert wait_for(lambda: svc.link.health().connected)
+        svc.emit(draft(0), None)
+        svc.outbox.enqueue(TOPICS.audit, time.time() + 600, lambda _s: (uuid7(), b'{"checkpoint":1}'))
+        svc.link.wake()
+        assert wait_for(lambda: svc.link.health().unrouted >= 1)
+        assert wait_for(lambda: svc.outbox.stats().published == 1)  # the checkpoint: accepted and retained
+        assert svc.outbox.stats().pending == 1  # the match event waits for a console
+        late = Peer(own_broker, "operator.console", clean=False, session_expiry=600).connect()
+        late.subscribe("edge/v1/+/event/#")
+        assert wait_for(lambda: len(late.messages) == 1, timeout=60)  # offered again, now delivered
+        assert wait_for(lambda: svc.outbox.stats().pending == 0)
+        late.close()
+    admin = Peer(own_broker, "admin.ops").connect().subscribe(TOPICS.audit)
+    assert wait_for(lambda: [m.payload for m in admin.messages] == [b'{"checkpoint":1}'])  # retained
+    admin.close()

@@ -171,6 +171,7 @@ class DeviceLink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._inflight: dict[int, int] = {}  # mid -> outbox seq; publisher thread only
+        self._must_route: set[int] = set()  # in-flight seqs that need a subscriber (match events)
         self._kept: dict[int, float] = {}  # refused/unrouted seq -> when to offer it again; publisher only
         self._rejected = 0
         self._unrouted = 0
@@ -351,12 +352,15 @@ class DeviceLink:
         if room > 0 and self.outbox.last_seq > cursor:
             batch += self.outbox.next_batch(cursor, room)
         for item in batch:
-            info = self.client.publish(item.topic, item.payload, qos=1,
+            # audit checkpoints are retained: the broker keeps the latest as the off-device copy of the log's head
+            info = self.client.publish(item.topic, item.payload, qos=1, retain=item.topic == self.topics.audit,
                                        properties=publish_properties(int(item.expires - time.time())))
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, sent on reconnect
                 self._kept[item.seq] = now_m + 1.0
                 continue
             self._inflight[info.mid] = item.seq
+            if item.topic == self.topics.match:
+                self._must_route.add(item.seq)
             cursor = max(cursor, item.seq)
         return cursor
 
@@ -372,7 +376,11 @@ class DeviceLink:
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 continue  # a state message, not an outbox row
-            if code < 0x80 and code != NO_MATCHING_SUBSCRIBERS:
+            # 0x10 "no matching subscribers" drops a match event nobody would see: kept. For a command
+            # result or audit checkpoint the broker's acceptance is what counts (a retained checkpoint stays).
+            must_route = seq in self._must_route
+            self._must_route.discard(seq)
+            if code < 0x80 and (code != NO_MATCHING_SUBSCRIBERS or not must_route):
                 acked.append(seq)
                 continue
             if code == NO_MATCHING_SUBSCRIBERS:
