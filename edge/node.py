@@ -242,7 +242,7 @@ class Node:
             self.events = EventService(cfg.state_dir, identity, broker_settings(cfg, cfg.mqtt), signer_key,
                                        store.trusted_root, handlers,
                                        event_ttl=timedelta(hours=cfg.mqtt.event_ttl_hours),
-                                       state_detail=self.state_detail)
+                                       state_detail=self.state_detail, state_every=cfg.mqtt.state_every_s)
             sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
         else:
             sink = PrintSink(EventSigner(identity, signer_key), self.out)

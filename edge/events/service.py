@@ -76,7 +76,7 @@ class EventService:
                  operator_key: X25519PublicKey | None, root: Callable[[], TrustedRoot],
                  handlers: Mapping[str, Handler] | None = None, event_ttl: timedelta = DEFAULT_EVENT_TTL,
                  max_rows: int = DEFAULT_MAX_ROWS, durable: bool = True,
-                 state_detail: Callable[[], dict[str, Any]] | None = None):
+                 state_detail: Callable[[], dict[str, Any]] | None = None, state_every: float = 30.0):
         self.identity = identity
         self.signer = EventSigner(identity, operator_key, event_ttl)
         self.outbox = Outbox(state_dir / "outbox" / "outbox.db", identity.storage_key("outbox"), max_rows, durable)
@@ -88,7 +88,7 @@ class EventService:
             return {**d, **(state_detail() if state_detail else {})}
 
         self.link = DeviceLink(settings, identity, self.outbox, on_command=self.commands.submit,
-                               state_detail=detail)
+                               state_detail=detail, state_every=state_every)
 
     def start(self) -> None:
         self.commands.start()
