@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from edge.capture.errors import CameraLostError, CaptureError
+
 
 @runtime_checkable
 class FrameSource(Protocol):
@@ -77,3 +79,38 @@ def read_into(cap: cv2.VideoCapture, bgr: PixelBuffer) -> np.ndarray | None:
     if not ok or out is None or out.size == 0:
         return None
     return bgr.adopt(np.asarray(out))
+
+
+class OpenCVFrames:
+    """What the OpenCV-backed sources share: the capture handle, the reused BGR and RGB buffers, reading
+    one into the other, and releasing with the buffers zeroed."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._cap: cv2.VideoCapture | None = None
+        self._bgr, self._rgb = PixelBuffer(), PixelBuffer()
+
+    def _read_rgb(self, lost: str) -> np.ndarray:
+        """The next frame as RGB; CameraLostError(`lost`) when none came."""
+        if self._cap is None:
+            raise CaptureError(f"{self.name}: read() before open()")
+        bgr = read_into(self._cap, self._bgr)
+        if bgr is None:
+            raise CameraLostError(lost)
+        return bgr_into_rgb(bgr, self._rgb)
+
+    def _release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+    def lores(self) -> np.ndarray | None:
+        """No second stream: detection runs on the frame itself."""
+        return None
+
+    def close(self) -> None:
+        """Release the capture and zero the frame buffers."""
+        self._release()
+        self._bgr.wipe()
+        self._rgb.wipe()

@@ -9,8 +9,8 @@ import logging
 import cv2
 import numpy as np
 
-from edge.capture.base import PixelBuffer, bgr_into_rgb, read_into
-from edge.capture.errors import CameraLostError, CameraOpenError, CaptureError
+from edge.capture.base import OpenCVFrames
+from edge.capture.errors import CameraOpenError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def opencv_has_gstreamer() -> bool:
     return False
 
 
-class GStreamerSource:
+class GStreamerSource(OpenCVFrames):
     """Frames from a GStreamer pipeline whose appsink delivers BGR (OpenCV's native order), converted to RGB."""
 
     def __init__(self, pipeline: str) -> None:
@@ -32,8 +32,7 @@ class GStreamerSource:
             raise ValueError(f"GStreamer pipeline must end in appsink: {pipeline!r}")
         self.pipeline = pipeline
         self.name = f"gstreamer:{pipeline.split('!', 1)[0].strip()}"
-        self._cap: cv2.VideoCapture | None = None
-        self._bgr, self._rgb = PixelBuffer(), PixelBuffer()
+        super().__init__()
 
     def open(self) -> None:
         """Start the pipeline; CameraOpenError when OpenCV lacks GStreamer or the pipeline does not start."""
@@ -53,21 +52,4 @@ class GStreamerSource:
 
     def read(self) -> np.ndarray:
         """The next frame; CameraLostError when the pipeline stops delivering (EOS or an element error)."""
-        if self._cap is None:
-            raise CaptureError(f"{self.name}: read() before open()")
-        bgr = read_into(self._cap, self._bgr)
-        if bgr is None:
-            raise CameraLostError(f"{self.name}: the pipeline stopped delivering frames")
-        return bgr_into_rgb(bgr, self._rgb)
-
-    def lores(self) -> np.ndarray | None:
-        """No second stream (a tee in the pipeline could give one; not done yet)."""
-        return None
-
-    def close(self) -> None:
-        """Stop the pipeline and zero the frame buffers."""
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        self._bgr.wipe()
-        self._rgb.wipe()
+        return self._read_rgb(f"{self.name}: the pipeline stopped delivering frames")

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.capture.base import PixelBuffer, bgr_into_rgb, read_into
+from edge.capture.base import OpenCVFrames, bgr_into_rgb, read_into
 from edge.capture.errors import CameraOpenError, CaptureError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def expand(paths: Sequence[Path]) -> list[_Item]:
     return items
 
 
-class ReplaySource:
+class ReplaySource(OpenCVFrames):
     """Frames from files, in order: a still is shown for `hold_frames` frames, a clip frame by frame.
 
     `realtime` paces frames at the clip's frame rate (stills, and clips without one: `fps`) with the injected
@@ -84,12 +84,11 @@ class ReplaySource:
         self.name = f"replay:{self.paths[0]}{more}"
         self._items: list[_Item] = []
         self._index = 0
-        self._cap: cv2.VideoCapture | None = None
+        super().__init__()
         self._clip_frames = 0  # frames decoded from the current clip
         self._hold_left = 0  # showings left of the current still
         self._interval = 1.0 / fps  # seconds between the current item's frames
         self._next_due: float | None = None
-        self._bgr, self._rgb = PixelBuffer(), PixelBuffer()
         self._open = self._ended = False
 
     def open(self) -> None:
@@ -124,24 +123,14 @@ class ReplaySource:
             self._advance()
         return None
 
-    def lores(self) -> np.ndarray | None:
-        """Replays have no second stream."""
-        return None
-
     def close(self) -> None:
         """Release the open clip and zero the frame buffers."""
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        self._bgr.wipe()
-        self._rgb.wipe()
+        super().close()
         self._open = False
 
     def _advance(self) -> None:
         """Move to the next item, or wrap (loop) or end."""
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        self._release()
         index = self._index + 1
         if index == len(self._items):
             if not self.loop:

@@ -10,8 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.capture.base import PixelBuffer, bgr_into_rgb, read_into
-from edge.capture.errors import CameraLostError, CameraOpenError, CaptureError
+from edge.capture.base import OpenCVFrames
+from edge.capture.errors import CameraOpenError
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,13 @@ def v4l2_target(device: str) -> int | str:
     return int(match.group(1)) if match else device
 
 
-class V4L2Source:
+class V4L2Source(OpenCVFrames):
     """A V4L2 camera at `device`, asked for MJPG at width x height and fps (the driver may pick the nearest)."""
 
     def __init__(self, device: str = "/dev/video0", width: int = 1280, height: int = 720, fps: float = 15.0):
         self.device, self.width, self.height, self.fps = device, width, height, fps
         self.name = f"v4l2:{device}"
-        self._cap: cv2.VideoCapture | None = None
-        self._bgr, self._rgb = PixelBuffer(), PixelBuffer()
+        super().__init__()
 
     def open(self) -> None:
         """Open and configure the device; CameraOpenError says whether it is absent, forbidden or refused."""
@@ -61,22 +60,5 @@ class V4L2Source:
 
     def read(self) -> np.ndarray:
         """The next frame; CameraLostError when the camera stops delivering."""
-        if self._cap is None:
-            raise CaptureError(f"{self.name}: read() before open()")
-        bgr = read_into(self._cap, self._bgr)
-        if bgr is None:
-            raise CameraLostError(f"{self.device}: read failed (camera unplugged, or the driver stopped "
-                                  "delivering frames)")
-        return bgr_into_rgb(bgr, self._rgb)
-
-    def lores(self) -> np.ndarray | None:
-        """No second stream: the pipeline scales the frame for detection itself."""
-        return None
-
-    def close(self) -> None:
-        """Release the device and zero the frame buffers."""
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
-        self._bgr.wipe()
-        self._rgb.wipe()
+        return self._read_rgb(f"{self.device}: read failed (camera unplugged, or the driver stopped delivering "
+                              "frames)")
