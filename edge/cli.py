@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, ConfigError
+from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, ConfigError, parse_tiles
 from edge.events.link import BrokerURLError
 from edge.identity import IdentityError, create_identity, load_identity
 from edge.node import NodeError
@@ -20,7 +20,7 @@ from edge.trust.keys import KeyFileError
 from edge.trust.root import TrustError
 from edge.trust.times import format_time, now, parse_time
 from edge.vision.analyzer import AnalysedFace, FaceAnalyzer, VisionConfig, read_rgb
-from edge.vision.detect import CROWD_PLAN, DetectorConfig, TileLevel, TilePlan
+from edge.vision.detect import DetectorConfig, TilePlan
 from edge.vision.errors import ImageDecodeError, VisionError
 from edge.vision.manifest import ModelSpec, load_manifest
 from edge.vision.runtime import Delegate, RuntimeConfig, limit_blas_threads
@@ -44,18 +44,10 @@ def _vision_args(p: argparse.ArgumentParser, tiles: str = "crowd") -> None:
 
 
 def _tile_plan(spec: str) -> TilePlan:
-    if spec == "crowd":
-        return CROWD_PLAN
-    if spec == "off":
-        return TilePlan()
     try:
-        levels = tuple(TileLevel(int(a), int(b)) for a, b in (part.split(":") for part in spec.split(",")))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--tiles: {spec!r} is not crowd, off or TILE:OVERLAP[,...]") from None
-    if any(lv.overlap < 0 or lv.tile <= lv.overlap for lv in levels):
-        raise argparse.ArgumentTypeError(f"--tiles: {spec!r}: each tile must be larger than its overlap")
-    return TilePlan(levels)
+        return parse_tiles(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--tiles: {exc}") from None
 
 
 def _vision_config(args: argparse.Namespace) -> VisionConfig:
