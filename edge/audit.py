@@ -13,6 +13,7 @@ not match. `data` is checked for that on the way in.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
@@ -31,7 +32,7 @@ from edge.trust.times import TimeFormatError, format_time, parse_time
 GENESIS = "0" * 64
 KINDS = frozenset({
     "node-start", "node-stop", "deployment-start", "deployment-end", "shard-accepted", "shard-rejected",
-    "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered"})
+    "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered", "effectiveness"})
 MAX_DATA_CHARS = 2000  # a line is a record, not a container: nothing bulky (an image) fits
 FORBIDDEN_KEYS = frozenset({"embedding", "crop", "image", "frame", "evidence", "pixels", "face"})
 
@@ -100,35 +101,44 @@ def parse_line(raw: bytes, where: str) -> AuditEntry:
 
 
 class AuditLog:
-    """One node's log file. Appends are durable (fsync) before `append` returns; one writer per process."""
+    """One node's log file. Appends are durable (fsync) before `append` returns. Threads share one instance;
+    processes (the node and the retention timer's `edge-node purge`) take turns with an exclusive lock and
+    pick up each other's records before appending, so the chain never forks."""
 
     def __init__(self, path: Path, clock: Callable[[], datetime]):
         self.path = path
         self.clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._seq, self._head = 0, GENESIS
+        self._seq, self._head, self._size = 0, GENESIS, 0
         torn = self._recover()
         if torn:
             self.append("recovered", {"torn_bytes": torn, "reason": "an incomplete last record (power loss or "
                                       "kill mid-write) was cut off; every complete record is intact"})
 
     def _recover(self) -> int:
-        """Find the chain's head; cut off an incomplete final record (no newline) left by a crash."""
+        """Find the chain's head; cut off an incomplete final record (no newline) left by a crash. Under the
+        file lock, so a record another process is writing right now is not mistaken for a torn one."""
         try:
-            raw = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDWR)
         except FileNotFoundError:
             return 0
-        end = raw.rfind(b"\n") + 1
-        torn = len(raw) - end
-        for entry in verify_chain(raw[:end], str(self.path)):
-            self._seq, self._head = entry.seq, entry.digest
-        if torn:
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                f.flush()
-                os.fsync(f.fileno())
-        return torn
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot open ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            raw = os.pread(fd, size, 0)
+            end = raw.rfind(b"\n") + 1
+            for entry in verify_chain(raw[:end], str(self.path)):
+                self._seq, self._head = entry.seq, entry.digest
+            self._size = end
+            if end < size:
+                os.ftruncate(fd, end)
+                os.fsync(fd)
+            return size - end
+        finally:
+            os.close(fd)
 
     @property
     def head(self) -> tuple[int, str]:
@@ -139,21 +149,52 @@ class AuditLog:
     def append(self, kind: str, data: Mapping[str, Any]) -> AuditEntry:
         _check_data(kind, data)
         with self._lock:
-            seq = self._seq + 1
-            ts = self.clock()
-            line = canonical({"seq": seq, "ts": format_time(ts), "kind": kind, "data": dict(data),
-                              "prev": self._head})
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    size = os.fstat(fd).st_size
+                    if size != self._size:  # another process appended since: continue its chain
+                        self._follow(fd, size)
+                    seq = self._seq + 1
+                    ts = self.clock()
+                    line = canonical({"seq": seq, "ts": format_time(ts), "kind": kind, "data": dict(data),
+                                      "prev": self._head})
                     os.write(fd, line + b"\n")
                     os.fsync(fd)
+                    self._size = size + len(line) + 1
                 finally:
-                    os.close(fd)
+                    os.close(fd)  # releases the lock
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot append ({exc.strerror})") from None
             prev, self._seq, self._head = self._head, seq, _digest(line)
             return AuditEntry(seq, ts, kind, dict(data), prev, self._head)
+
+    def _follow(self, fd: int, size: int) -> None:
+        """Take the head from the file's last record (written by another process)."""
+        if size < self._size:
+            raise AuditTamperError(f"{self.path}: the log shrank from {self._size} to {size} bytes while open")
+        if size == 0:
+            self._seq, self._head, self._size = 0, GENESIS, 0
+            return
+        raw = os.pread(fd, size - self._size, self._size)
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):  # the other writer was killed mid-record: that record never was
+            os.ftruncate(fd, self._size + end)
+            raw, size = raw[:end], self._size + end
+        for i, line in enumerate(raw.split(b"\n")[:-1]):
+            entry = parse_line(line, f"{self.path}: record appended by another process ({i + 1})")
+            if entry.seq != self._seq + 1 or entry.prev != self._head:
+                raise AuditTamperError(f"{self.path}: record {entry.seq} appended by another process does not "
+                                       "chain to this one")
+            self._seq, self._head = entry.seq, entry.digest
+        self._size = size
+
+    def entries(self) -> Iterator[AuditEntry]:
+        """Every record, chain checked (for rebuilding counts at start)."""
+        with self._lock:
+            raw = self.path.read_bytes() if self.path.exists() else b""
+        return verify_chain(raw, str(self.path))
 
     def checkpoint(self, device_id: str, key: Ed25519PrivateKey) -> bytes:
         """A signed statement of the log's length and head, for the audit topic (and a local copy)."""

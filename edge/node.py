@@ -13,7 +13,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any, TextIO
@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from edge.audit import AuditLog
 from edge.capture import CameraSupervisor, open_source
 from edge.config import MqttConfig, NodeConfig
-from edge.deployment import DeploymentGate
+from edge.deployment import DeploymentGate, Effectiveness, UnknownAlertError
+from edge.events.commands import Command, CommandFailedError
 from edge.events.ids import uuid7
 from edge.events.link import BrokerSettings
 from edge.events.service import EventService, EventSigner, MatchDraft, shard_push_handler
@@ -34,26 +35,47 @@ from edge.tls import DeviceTLS
 from edge.trust.canonical import canonical
 from edge.trust.keys import x25519_public
 from edge.trust.root import TrustError
-from edge.trust.times import format_time, now
+from edge.trust.times import format_time, now, parse_time
+from edge.vault import (
+    DEFAULT_RETENTION_DAYS,
+    STORAGE_PURPOSE,
+    EvidenceVault,
+    VaultError,
+    purge_and_record,
+)
 from edge.vision.analyzer import FaceAnalyzer
 from edge.watchlist.loader import AcceptedShard
 from edge.watchlist.store import ActiveWatchList, ShardStore
 
 log = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
-CHECKPOINT_EVERY = 600.0  # seconds between signed audit checkpoints on the audit topic
+CHECKPOINT_EVERY = 600.0  # seconds between signed audit checkpoints (and evidence purges, effectiveness records)
 
 
 class AuditedSink:
-    """Records each alert in the audit log (event id, entry id, score: never an image) once it is sent."""
+    """Records each alert once it is sent: its crops in the evidence vault (until review or retention) and a
+    line in the audit log (event id, entry id, score: never an image)."""
 
-    def __init__(self, sink: Any, audit: AuditLog):
+    def __init__(self, sink: Any, audit: AuditLog, vault: EvidenceVault | None = None,
+                 retention_days: Callable[[str], int] = lambda _dep: DEFAULT_RETENTION_DAYS):
         self.sink = sink
         self.audit = audit
+        self.vault = vault
+        self.retention_days = retention_days
 
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
-        event_id: str = self.sink.emit(draft, crop, media_type)
-        self.audit.append("alert", {"event_id": event_id, "entry_id": draft.entry_id, "score": round(draft.score, 4),
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+             context: bytes | None = None) -> str:
+        event_id: str = self.sink.emit(draft, crop, media_type, context)
+        kept = False
+        if self.vault is not None and (crop is not None or context is not None):
+            try:
+                self.vault.store(event_id, draft.deployment_id, self.retention_days(draft.deployment_id), crop,
+                                 context, media_type)
+                kept = True
+            except VaultError as exc:  # the event (with its sealed crops) is out; the node's copy is not
+                log.error("evidence of event %s was not kept: %s", event_id, exc)
+        self.audit.append("alert", {"evidence_kept": kept,
+                                    "event_id": event_id, "entry_id": draft.entry_id, "score": round(draft.score, 4),
                                     "threshold": draft.threshold, "track_id": draft.track_id,
                                     "camera_id": draft.camera_id, "deployment_id": draft.deployment_id,
                                     "shard": {"id": draft.shard.id, "version": draft.shard.version},
@@ -66,12 +88,13 @@ class NodeError(Exception):
 
 
 def compact(payload: bytes) -> dict[str, Any]:
-    """A signed event for a terminal: the sealed crop shown by size and recipient instead of ~20 kB of base64."""
+    """A signed event for a terminal: the sealed crops shown by size and recipient instead of ~20 kB of base64."""
     doc: dict[str, Any] = json.loads(payload)
-    ev = doc.get("evidence")
-    if isinstance(ev, dict):
-        doc["evidence"] = {"sealed_to": ev["recipient"][:16], "media_type": ev["media_type"],
-                           "base64_chars": len(ev["ciphertext"])}
+    for part in ("evidence", "context"):
+        ev = doc.get(part)
+        if isinstance(ev, dict):
+            doc[part] = {"sealed_to": ev["recipient"][:16], "media_type": ev["media_type"],
+                         "base64_chars": len(ev["ciphertext"])}
     return doc
 
 
@@ -88,9 +111,10 @@ class PrintSink:
         self._seq = 0
         self._lock = threading.Lock()
 
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+             context: bytes | None = None) -> str:
         with self._lock:
-            event_id, expires, build = self.signer.prepare(draft, crop, media_type)
+            event_id, expires, build = self.signer.prepare(draft, crop, media_type, context)
             if self.then is not None:  # the outbox assigns the seq; print exactly what it will send
                 sent: list[bytes] = []
 
@@ -152,6 +176,8 @@ class Node:
         self.events: EventService | None = None
         self.camera: CameraSupervisor | None = None
         self.audit: AuditLog | None = None
+        self.vault: EvidenceVault | None = None
+        self.effectiveness = Effectiveness()
         self.ready = threading.Event()
 
     def _load_shard(self, store: ShardStore, analyzer: FaceAnalyzer) -> None:
@@ -178,6 +204,9 @@ class Node:
         self._audit("threshold", {"threshold": m.deployment.threshold, "deployment_id": m.deployment.id,
                                   "model": {"id": m.model_id, "sha256": m.model_sha256}})
 
+    def _record_command(self, outcome: Mapping[str, Any]) -> None:
+        self._audit("command", dict(outcome))
+
     def _audit(self, kind: str, data: dict[str, Any]) -> None:
         if self.audit is not None:
             self.audit.append(kind, data)
@@ -193,6 +222,58 @@ class Node:
                                   lambda _seq: (uuid7(), signed))
             events.link.wake()
 
+    def _retention_days(self, deployment_id: str) -> int:
+        cur = self.watchlist.current(self.clock())
+        if cur is not None and cur.manifest.deployment.id == deployment_id:
+            return cur.manifest.deployment.retention_days
+        return DEFAULT_RETENTION_DAYS
+
+    def _purge(self) -> None:
+        """Destroy the evidence whose retention ran out (also run by the retention timer)."""
+        if self.vault is None or self.audit is None:
+            return
+        try:
+            report = purge_and_record(self.vault, self.audit)
+        except VaultError as exc:
+            log.error("evidence purge failed: %s", exc)
+            return
+        if not report.empty:
+            log.info("purged %d evidence day key(s) and %d row(s)", len(report.keys_destroyed), report.rows_deleted)
+
+    def _purge_command(self, cmd: Command) -> dict[str, Any]:
+        """purge (signed by the fleet): destroy a deployment's evidence now, or that of days before a time."""
+        assert self.vault is not None and self.audit is not None
+        before = None if cmd.args["before"] is None else parse_time(cmd.args["before"])
+        try:
+            report = purge_and_record(self.vault, self.audit, "ordered by the fleet", cmd.args["deployment_id"],
+                                      before, cmd.command_id)
+        except VaultError as exc:
+            raise CommandFailedError(str(exc)) from None
+        return {"deployment_id": cmd.args["deployment_id"], "keys_destroyed": len(report.keys_destroyed),
+                "rows_deleted": report.rows_deleted}
+
+    def _review_command(self, cmd: Command) -> dict[str, Any]:
+        """review (from the operator console): record the human decision, count it, drop the node's copy of
+        the evidence. Recorded before the evidence goes, so a crash in between loses nothing on the record."""
+        assert self.vault is not None and self.audit is not None
+        event_id, outcome, reviewers = cmd.args["event_id"], cmd.args["outcome"], list(cmd.args["reviewers"])
+        try:
+            deployment_id = self.effectiveness.review(event_id, outcome)
+        except UnknownAlertError as exc:
+            raise CommandFailedError(str(exc)) from None
+        self.audit.append("review", {"event_id": event_id, "deployment_id": deployment_id, "outcome": outcome,
+                                     "reviewers": reviewers, "command_id": cmd.command_id})
+        try:
+            deleted = self.vault.acknowledge(event_id)
+        except VaultError as exc:
+            raise CommandFailedError(f"outcome recorded; the evidence could not be deleted: {exc}") from None
+        return {"event_id": event_id, "outcome": outcome, "deployment_id": deployment_id,
+                "evidence_deleted": deleted}
+
+    def _record_effectiveness(self) -> None:
+        if self.audit is not None and self.effectiveness.snapshot():
+            self.audit.append("effectiveness", self.effectiveness.record())
+
     def state_detail(self) -> dict[str, Any]:
         """What the retained state topic says besides online/offline and the outbox counters."""
         detail: dict[str, Any] = {}
@@ -202,6 +283,9 @@ class Node:
             p = self.pipeline
             detail["pipeline"] = {**p.counters.snapshot(), "fps": round(p.fps, 2)}
             detail["matching"] = "on" if p.refusal is None else f"off: {p.refusal.code}: {p.refusal.reason}"
+        detail["effectiveness"] = {d: t.to_json() for d, t in self.effectiveness.snapshot().items()}
+        if self.vault is not None:
+            detail["vault"] = asdict(self.vault.stats())
         cur = self.watchlist.current(self.clock())
         detail["shard"] = None if cur is None else {
             "id": cur.manifest.shard_id, "version": cur.manifest.version,
@@ -231,6 +315,9 @@ class Node:
         self._audit("node-start", {"device_id": identity.device_id, "camera_id": cfg.camera.id,
                                    "config": str(cfg.source_file) if cfg.source_file else None,
                                    "profile": cfg.profile})
+        self.effectiveness.restore(self.audit.entries())
+        self.vault = EvidenceVault.in_state_dir(cfg.state_dir, identity.storage_key(STORAGE_PURPOSE), self.clock)
+        self._purge()
         store = ShardStore(cfg.state_dir)
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(cfg.vision)
@@ -238,21 +325,23 @@ class Node:
         signer_key = operator_public_key(cfg.mqtt) if cfg.mqtt else self.operator_key
         sink: Any
         if cfg.mqtt is not None:
-            handlers = {"shard-push": shard_push_handler(store, analyzer.embedder_spec, self._on_shard)}
+            handlers = {"shard-push": shard_push_handler(store, analyzer.embedder_spec, self._on_shard),
+                        "purge": self._purge_command, "review": self._review_command}
             self.events = EventService(cfg.state_dir, identity, broker_settings(cfg, cfg.mqtt), signer_key,
                                        store.trusted_root, handlers,
                                        event_ttl=timedelta(hours=cfg.mqtt.event_ttl_hours),
-                                       state_detail=self.state_detail, state_every=cfg.mqtt.state_every_s)
+                                       state_detail=self.state_detail, state_every=cfg.mqtt.state_every_s,
+                                       record=self._record_command)
             sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
         else:
             sink = PrintSink(EventSigner(identity, signer_key), self.out)
-        sink = AuditedSink(sink, self.audit)
+        sink = AuditedSink(sink, self.audit, self.vault, self._retention_days)
         self.camera = CameraSupervisor(open_source(cfg.camera))
         live = cfg.camera.source != "replay" or cfg.camera.realtime
         self.pipeline = Pipeline(
             PipelineSettings(cfg.camera.id, cfg.tracking, live=live, replay_fps=cfg.camera.fps),
             self.camera, analyzer, DeploymentGate(self.watchlist, cfg.camera.id), sink, self.clock,
-            self.capture_beat, self.inference_beat)
+            self.capture_beat, self.inference_beat, self.effectiveness)
         feeder_stop = threading.Event()
         camera = self.camera
         probes: dict[str, Callable[[], bool]] = {
@@ -277,6 +366,8 @@ class Node:
             next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
             while not stop.is_set():
                 if time.monotonic() >= next_checkpoint:
+                    self._record_effectiveness()
+                    self._purge()
                     self._checkpoint(identity)
                     next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
                 if not self.ready.is_set() and self.watchlist.current(self.clock()) is not None:
@@ -299,6 +390,7 @@ class Node:
             self.pipeline.stop()
             if self.pipeline.join(10):
                 self.camera.close()  # only once the capture thread is out of read()
+            self._record_effectiveness()
             self._audit("node-stop", {"counters": self.pipeline.counters.snapshot(),
                                       "error": self.pipeline.error})
             self._checkpoint(identity)
@@ -308,6 +400,7 @@ class Node:
                 self.events.stop()
             analyzer.release()
             self.watchlist.swap(None)
+            self.vault.close()
         log.info("stopped: %s", self.pipeline.counters.snapshot())
         if self.pipeline.error is not None:
             log.error("the node stopped on a failure: %s", self.pipeline.error)

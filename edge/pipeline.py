@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edge.config import TrackingConfig
-from edge.deployment import Admission, DeploymentGate, Refusal
+from edge.deployment import Admission, DeploymentGate, Effectiveness, Refusal
 from edge.events.messages import ModelRef, ShardRef
 from edge.events.service import MatchDraft
 from edge.pool import FramePool
@@ -58,7 +58,8 @@ class Captured:
 class AlertSink(Protocol):
     """Where alerts go: the event service (signed, outbox, MQTT), or the demo's printer."""
 
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str: ...
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+             context: bytes | None = None) -> str: ...
 
 
 class Beat(Protocol):
@@ -159,7 +160,8 @@ class Pipeline:
 
     def __init__(self, settings: PipelineSettings, camera: FrameReader, analyzer: FaceAnalyzer,
                  gate: DeploymentGate, sink: AlertSink, clock: Callable[[], datetime],
-                 capture_beat: Beat | None = None, inference_beat: Beat | None = None):
+                 capture_beat: Beat | None = None, inference_beat: Beat | None = None,
+                 effectiveness: Effectiveness | None = None):
         self.settings = settings
         self.camera = camera
         self.analyzer = analyzer
@@ -167,6 +169,7 @@ class Pipeline:
         self.sink = sink
         self.clock = clock
         self.counters = Counters()
+        self.effectiveness = effectiveness or Effectiveness()
         self.pool = FramePool(2 * settings.pool_slots)
         self.mailbox = Mailbox(drop_old=settings.live)
         spec = analyzer.embedder_spec
@@ -342,15 +345,19 @@ class Pipeline:
             alerts = self.tracker.update(ts, frame, observations)
             self.counters.add(processed=1, faces=len(faces), below_quality=len(faces) - len(embedded),
                               discarded=discarded)
+            m = decision.shard.manifest
+            self.effectiveness.seen(m.deployment.id, len(faces))
             for alert in alerts:
-                m = decision.shard.manifest
                 draft = MatchDraft(self.settings.camera_id, m.deployment.id, alert.track_id, alert.entry_id,
                                    alert.score, decision.threshold, self.model, ShardRef(m.shard_id, m.version),
                                    alert.frames_agreeing)
                 crop = encode_crop(alert.crop) if alert.crop.any() else None
+                context = encode_crop(alert.context) if alert.context.any() else None
                 alert.crop.fill(0)
-                self.sink.emit(draft, crop)
+                alert.context.fill(0)
+                event_id = self.sink.emit(draft, crop, context=context)
                 self.counters.add(alerts=1)
+                self.effectiveness.alert(m.deployment.id, event_id)
         finally:
             matcher.release()
             self.analyzer.release()

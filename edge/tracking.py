@@ -21,6 +21,8 @@ from edge.config import TrackingConfig
 
 CROP_SIZE = 160  # evidence crop, square, RGB
 CROP_MARGIN = 0.25  # context around the face box, as a fraction of its size
+CONTEXT_SIZE = 192  # the context crop: a wider square, scaled down (the scene around the face, for the reviewer)
+CONTEXT_SPAN = 4.0  # its side, in face-box sizes
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Alert:
     score: float  # best score of the agreeing frames
     frames_agreeing: int
     crop: np.ndarray  # CROP_SIZE x CROP_SIZE x 3 RGB, a copy the caller owns (evidence)
+    context: np.ndarray  # CONTEXT_SIZE x CONTEXT_SIZE x 3 RGB from the same frame, a copy the caller owns
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Tracker:
         self.config = config
         self._embeddings = np.zeros((max_tracks, dim), np.float32)
         self._crops = np.zeros((max_tracks, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+        self._contexts = np.zeros((max_tracks, CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8)
         self._free = list(range(max_tracks))
         self._tracks: list[_Track] = []
         self._next_id = 0
@@ -126,7 +130,8 @@ class Tracker:
         if (entry == leader and face.score > track.crop_score) or (
                 entry != leader and votes[entry] >= votes.get(leader, 0) if leader else True):
             track.crop_entry, track.crop_score = entry, face.score
-            self._crop_into(frame, face.box, self._crops[track.slot])
+            self._crop_into(frame, face.box, self._crops[track.slot], 1 + 2 * CROP_MARGIN)
+            self._crop_into(frame, face.box, self._contexts[track.slot], CONTEXT_SPAN)
 
     def _decide(self, track: _Track) -> Alert | None:
         votes = Counter(e for e in track.window if e is not None)
@@ -136,8 +141,11 @@ class Tracker:
         if count < self.config.agree_k or entry in track.alerted:
             return None
         track.alerted.add(entry)
-        crop = self._crops[track.slot].copy() if track.crop_entry == entry else np.zeros_like(self._crops[0])
-        return Alert(track.track_id, entry, track.best[entry], count, crop)
+        if track.crop_entry == entry:
+            crop, context = self._crops[track.slot].copy(), self._contexts[track.slot].copy()
+        else:
+            crop, context = np.zeros_like(self._crops[0]), np.zeros_like(self._contexts[0])
+        return Alert(track.track_id, entry, track.best[entry], count, crop, context)
 
     def _associate(self, faces: list[FaceObservation]) -> list[_Track | None]:
         """Greedy: highest IoU pairs first, then embedding similarity for what is left."""
@@ -200,6 +208,7 @@ class Tracker:
     def _end(self, track: _Track) -> None:
         self._embeddings[track.slot].fill(0)
         self._crops[track.slot].fill(0)
+        self._contexts[track.slot].fill(0)
         self._free.append(track.slot)
         self.ended += 1
 
@@ -210,13 +219,16 @@ class Tracker:
         self._tracks = []
 
     @staticmethod
-    def _crop_into(frame: np.ndarray, box: np.ndarray, out: np.ndarray) -> None:
+    def _crop_into(frame: np.ndarray, box: np.ndarray, out: np.ndarray, span: float) -> None:
+        """The square `span` face-box sizes wide around the face (moved, not squashed, at the frame's edge), scaled
+        into `out`."""
         h, w = frame.shape[:2]
         bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
-        side = max(bw, bh) * (1 + 2 * CROP_MARGIN)
+        side = min(max(bw, bh) * span, w, h)  # kept square: slid inside the frame rather than squashed
         cx, cy = float(box[0] + box[2]) / 2, float(box[1] + box[3]) / 2
-        x0, y0 = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-        x1, y1 = int(min(w, cx + side / 2)), int(min(h, cy + side / 2))
+        x0 = int(min(max(0.0, cx - side / 2), w - side))
+        y0 = int(min(max(0.0, cy - side / 2), h - side))
+        x1, y1 = int(x0 + side), int(y0 + side)
         if x1 - x0 < 2 or y1 - y0 < 2:
             out.fill(0)
             return

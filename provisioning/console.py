@@ -107,21 +107,24 @@ class EventTail:
         line.pop("type")
         line.pop("schema")
         line["evidence"] = self._evidence(event.evidence, event.device_id, event.event_id) if event.evidence else None
+        line["context"] = (self._evidence(event.context, event.device_id, event.event_id, "context")
+                           if event.context else None)
         self.counts.printed += 1
         return line
 
-    def _evidence(self, sealed: Any, device_id: str, event_id: str) -> dict[str, Any]:
+    def _evidence(self, sealed: Any, device_id: str, event_id: str, part: str = "face") -> dict[str, Any]:
         if self.operator is None:
             return {"sealed": True, "media_type": sealed.media_type}
         try:
-            crop = open_evidence(sealed, self.operator, device_id, event_id)
+            crop = open_evidence(sealed, self.operator, device_id, event_id, part)
         except EvidenceError as exc:
             return {"opened": False, "reason": str(exc)}
         out: dict[str, Any] = {"opened": True, "media_type": sealed.media_type, "bytes": len(crop),
                                "sha256": hashlib.sha256(crop).hexdigest()}
         if self.evidence_dir is not None:
             ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(sealed.media_type, ".bin")
-            path = self.evidence_dir / f"{device_id}-{event_id}{ext}"
+            suffix = "" if part == "face" else f"-{part}"
+            path = self.evidence_dir / f"{device_id}-{event_id}{suffix}{ext}"
             self.evidence_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:

@@ -17,6 +17,7 @@ from edge.fsutil import write_atomic
 from edge.trust.keys import key_id, x25519_public
 from edge.trust.root import sign_document
 from edge.trust.times import now
+from edge.vault import DEFAULT_RETENTION_DAYS
 from edge.vision.manifest import ModelSpec
 from edge.watchlist.shard import (
     HPKE_SUITE,
@@ -35,7 +36,6 @@ from provisioning.watchlist import load_watchlist
 
 DEPLOYMENT_KEYS = {"id", "authorisation", "start", "end", "cameras", "threshold", "retention_days", "watchlist"}
 SHARD_KEYS = {"shard_id", "expires"}
-DEFAULT_RETENTION_DAYS = 30
 
 
 @dataclass(frozen=True)

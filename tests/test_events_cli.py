@@ -137,7 +137,7 @@ def _body(event_id: str, device_id: str) -> dict[str, object]:
             "camera_id": "gate-a", "deployment_id": "dep-1", "ts": format_time(t),
             "expires": format_time(t + timedelta(hours=1)), "track_id": "t0", "entry_id": "wl-000001",
             "score": 0.953, "threshold": 0.94, "model": {"id": "m", "sha256": "cd" * 32},
-            "shard": {"id": "s", "version": 1}, "frames_agreeing": 3, "evidence": None}
+            "shard": {"id": "s", "version": 1}, "frames_agreeing": 3, "evidence": None, "context": None}
 
 
 def test_shard_push_is_answered_by_the_node(site: Site, tmp_path: Path) -> None:

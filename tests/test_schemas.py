@@ -116,6 +116,8 @@ COMMAND_ARGS: dict[str, Doc] = {
     "deployment": {"deployment_id": "dep-2025-03", "action": "end"},
     "purge": {"deployment_id": "dep-2025-03", "before": "2025-03-01T00:00:00Z"},
     "config": {"set": {"threshold_floor": 0.9, "camera": "gate-a", "debug": False, "fps": 10}},
+    "review": {"event_id": "019a0000-0000-7000-8000-000000000001", "outcome": "dismissed",
+               "reviewers": ["PC-4711", "sgt.ops@force"]},
 }
 
 

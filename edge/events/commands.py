@@ -1,4 +1,4 @@
-"""Fleet -> device commands: shard push, deployment, purge, config. Signed by the fleet's command keys and
+"""Fleet -> device commands: shard push, deployment, purge, config, review. Signed by the fleet's command keys and
 checked like shards, in a fixed order, each failure its own error; then executed at most once.
 
 Wire format (the one definition; `provisioning` builds commands with `command_body`): the fleet's signed
@@ -14,6 +14,7 @@ import binascii
 import json
 import logging
 import queue
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from edge.events.topics import COMMAND, VERBS, TopicError, split_topic
 from edge.fsutil import write_atomic
 from edge.identity import DeviceIdentity, IdentityError
 from edge.trust.root import DocumentFormatError, TrustedRoot, TrustError, parse_envelope
-from edge.trust.times import TimeFormatError, format_time, parse_time
+from edge.trust.times import TimeFormatError, format_time, now, parse_time
 from edge.watchlist.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -109,10 +110,16 @@ def _str(args: Mapping[str, Any], name: str, verb: str) -> str:
     return v
 
 
+REVIEW_OUTCOMES = ("confirmed", "dismissed")
+MAX_REVIEWERS = 4
+REVIEWER_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # an opaque id (badge, account), never a name
+
+
 def check_args(verb: str, args: object) -> None:
     """Each verb's arguments, exactly."""
     expected = {"shard-push": {"shard"}, "deployment": {"deployment_id", "action"},
-                "purge": {"deployment_id", "before"}, "config": {"set"}}
+                "purge": {"deployment_id", "before"}, "config": {"set"},
+                "review": {"event_id", "outcome", "reviewers"}}
     if verb not in expected:
         raise CommandFormatError(f"verb {verb!r}: expected one of {', '.join(VERBS)}")
     if not isinstance(args, dict) or set(args) != expected[verb]:
@@ -134,6 +141,17 @@ def check_args(verb: str, args: object) -> None:
             except TimeFormatError:
                 # the reason is journaled and sent back: say what is wrong without echoing the value
                 raise CommandFormatError("purge: args.before: expected YYYY-MM-DDTHH:MM:SSZ or null") from None
+    elif verb == "review":
+        if not isinstance(args["event_id"], str) or not is_uuid7(args["event_id"]):
+            raise CommandFormatError("review: args.event_id: expected the alert's event id (a UUIDv7)")
+        if args["outcome"] not in REVIEW_OUTCOMES:
+            raise CommandFormatError(f"review: args.outcome: expected one of {', '.join(REVIEW_OUTCOMES)}")
+        reviewers = args["reviewers"]
+        if (not isinstance(reviewers, list) or not 1 <= len(reviewers) <= MAX_REVIEWERS
+                or not all(isinstance(r, str) and REVIEWER_ID.fullmatch(r) for r in reviewers)
+                or len(set(reviewers)) != len(reviewers)):
+            raise CommandFormatError(f"review: args.reviewers: expected 1-{MAX_REVIEWERS} distinct reviewer ids "
+                                     "(1-64 of A-Z a-z 0-9 . _ @ -)")
     elif verb == "config":
         s = args["set"]
         if not isinstance(s, dict) or not s or not all(
@@ -268,15 +286,17 @@ class CommandOutcome:
 
 class CommandService:
     """Receives command messages from the link (any thread), verifies and runs them one at a time on its own
-    thread, and answers each on cmd-result through the outbox. Every outcome is journaled (no args)."""
+    thread, and answers each on cmd-result through the outbox. Every outcome is recorded (never the args):
+    in the node's audit log, or without one in STATE/commands/journal.jsonl."""
 
     def __init__(self, identity: DeviceIdentity, state_dir: Path, root: Callable[[], TrustedRoot],
                  handlers: Mapping[str, Handler], outbox: Outbox, result_topic: str,
                  clock: Callable[[], datetime], notify: Callable[[], None] = lambda: None,
-                 result_ttl: timedelta = timedelta(days=1)):
+                 result_ttl: timedelta = timedelta(days=1),
+                 record: Callable[[Mapping[str, Any]], None] | None = None):
         self.identity = identity
         self.seen = SeenCommands(state_dir / "commands" / "seen.json")
-        self.journal = state_dir / "commands" / "journal.jsonl"
+        self.record = record or journal_to(state_dir / "commands" / "journal.jsonl")
         self._root = root
         self._handlers = dict(handlers)
         self._outbox = outbox
@@ -353,7 +373,17 @@ class CommandService:
 
         self._outbox.enqueue(self._result_topic, (at + self._result_ttl).timestamp(), build)
         self._notify()
-        self.journal.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.journal, "a") as f:
-            f.write(json.dumps({"ts": format_time(at), "command_id": outcome.command_id, "verb": outcome.verb,
-                                "ok": outcome.ok, "code": outcome.code, "reason": outcome.reason}) + "\n")
+        self.record({"command_id": outcome.command_id, "verb": outcome.verb, "ok": outcome.ok,
+                     "code": outcome.code, "reason": outcome.reason[:MAX_RECORDED_REASON]})
+
+
+MAX_RECORDED_REASON = 500
+
+
+def journal_to(path: Path) -> Callable[[Mapping[str, Any]], None]:
+    """Command outcomes as JSON lines in a file (a service without an audit log)."""
+    def write(outcome: Mapping[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path, "a") as f:
+            f.write(json.dumps({"ts": format_time(now()), **outcome}) + "\n")
+    return write

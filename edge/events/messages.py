@@ -188,11 +188,12 @@ class MatchEvent:
     model: ModelRef
     shard: ShardRef
     frames_agreeing: int
-    evidence: SealedEvidence | None
+    evidence: SealedEvidence | None  # the face crop
+    context: SealedEvidence | None = None  # a wider, smaller crop around it, for the reviewer
 
     FIELDS = frozenset({"type", "schema", "event_id", "seq", "device_id", "camera_id", "deployment_id", "ts",
                         "expires", "track_id", "entry_id", "score", "threshold", "model", "shard",
-                        "frames_agreeing", "evidence"})
+                        "frames_agreeing", "evidence", "context"})
 
     def to_body(self) -> dict[str, Any]:
         return {"type": MATCH_EVENT, "schema": SCHEMA, "event_id": self.event_id, "seq": self.seq,
@@ -202,7 +203,8 @@ class MatchEvent:
                 "model": {"id": self.model.id, "sha256": self.model.sha256},
                 "shard": {"id": self.shard.id, "version": self.shard.version},
                 "frames_agreeing": self.frames_agreeing,
-                "evidence": None if self.evidence is None else self.evidence.to_json()}
+                "evidence": None if self.evidence is None else self.evidence.to_json(),
+                "context": None if self.context is None else self.context.to_json()}
 
     @classmethod
     def from_body(cls, doc: Mapping[str, Any]) -> MatchEvent:
@@ -222,7 +224,8 @@ class MatchEvent:
             model=ModelRef(_str(model, "id"), _hex(model, "sha256", 64)),
             shard=ShardRef(_str(shard, "id"), _int(shard, "version", 1)),
             frames_agreeing=_int(doc, "frames_agreeing", 1),
-            evidence=None if doc["evidence"] is None else SealedEvidence.from_json(doc["evidence"]))
+            evidence=None if doc["evidence"] is None else SealedEvidence.from_json(doc["evidence"]),
+            context=None if doc["context"] is None else SealedEvidence.from_json(doc["context"]))
 
 
 def open_match_event(data: bytes, key: Ed25519PublicKey, topic_device: str, at: datetime) -> MatchEvent:

@@ -22,7 +22,7 @@ from edge.events.commands import Command, CommandFailedError, CommandService, Ha
 from edge.events.evidence import EvidenceError, seal_evidence
 from edge.events.ids import uuid7
 from edge.events.link import BrokerSettings, DeviceLink
-from edge.events.messages import MatchEvent, ModelRef, ShardRef, sign_message
+from edge.events.messages import MatchEvent, ModelRef, SealedEvidence, ShardRef, sign_message
 from edge.events.outbox import DEFAULT_MAX_ROWS, Outbox
 from edge.events.topics import DeviceTopics
 from edge.identity import DeviceIdentity, IdentityError
@@ -76,13 +76,15 @@ class EventService:
                  operator_key: X25519PublicKey | None, root: Callable[[], TrustedRoot],
                  handlers: Mapping[str, Handler] | None = None, event_ttl: timedelta = DEFAULT_EVENT_TTL,
                  max_rows: int = DEFAULT_MAX_ROWS, durable: bool = True,
-                 state_detail: Callable[[], dict[str, Any]] | None = None, state_every: float = 30.0):
+                 state_detail: Callable[[], dict[str, Any]] | None = None, state_every: float = 30.0,
+                 record: Callable[[Mapping[str, Any]], None] | None = None):
+        """`record` receives each command's outcome (the node's audit log); without it they are journaled."""
         self.identity = identity
         self.signer = EventSigner(identity, operator_key, event_ttl)
         self.outbox = Outbox(state_dir / "outbox" / "outbox.db", identity.storage_key("outbox"), max_rows, durable)
         topics = DeviceTopics(identity.device_id)
         self.commands = CommandService(identity, state_dir, root, handlers or {}, self.outbox,
-                                       topics.command_result, now, notify=lambda: self.link.wake())
+                                       topics.command_result, now, notify=lambda: self.link.wake(), record=record)
         def detail() -> dict[str, Any]:
             d = {"commands": {"dropped": self.commands.dropped}}
             return {**d, **(state_detail() if state_detail else {})}
@@ -107,9 +109,10 @@ class EventService:
         self.link.stop()
         self.outbox.close()
 
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg") -> str:
+    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+             context: bytes | None = None) -> str:
         """Sign and commit one match event; returns its event id once it is durable in the outbox."""
-        event_id, expires, build = self.signer.prepare(draft, crop, media_type)
+        event_id, expires, build = self.signer.prepare(draft, crop, media_type, context)
         self.outbox.enqueue(self.link.topics.match, expires.timestamp(), build)
         self.link.wake()
         return event_id
@@ -124,27 +127,33 @@ class EventSigner:
         self.operator_key = operator_key
         self.event_ttl = event_ttl
 
-    def prepare(self, draft: MatchDraft, crop: bytes | None,
-                media_type: str = "image/jpeg") -> tuple[str, datetime, Callable[[int], tuple[str, bytes]]]:
+    def prepare(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+                context: bytes | None = None) -> tuple[str, datetime, Callable[[int], tuple[str, bytes]]]:
         """(event id, expiry, build(seq) -> (event id, signed payload)); the seq comes from whoever commits it."""
         t = now()
         expires = t + self.event_ttl
         event_id = uuid7()
-        evidence = None
-        if crop is not None:
+
+        def seal(data: bytes | None, part: str) -> SealedEvidence | None:
+            if data is None:
+                return None
             try:
                 if self.operator_key is None:
                     raise EvidenceError(f"event {event_id}: no operator key configured")
-                evidence = seal_evidence(crop, media_type, self.operator_key, self.identity.device_id, event_id)
-            except EvidenceError as exc:  # the alert still goes out, without its crop; the reason is logged
-                log.warning("event %s is sent without evidence: %s", event_id, exc)
+                return seal_evidence(data, media_type, self.operator_key, self.identity.device_id, event_id, part)
+            except EvidenceError as exc:  # the alert still goes out, without that crop; the reason is logged
+                log.warning("event %s is sent without its %s crop: %s", event_id, part, exc)
+                return None
+
+        evidence, sealed_context = seal(crop, "face"), seal(context, "context")
 
         def build(seq: int) -> tuple[str, bytes]:
             event = MatchEvent(event_id=event_id, seq=seq, device_id=self.identity.device_id,
                                camera_id=draft.camera_id, deployment_id=draft.deployment_id, ts=t, expires=expires,
                                track_id=draft.track_id, entry_id=draft.entry_id, score=draft.score,
                                threshold=draft.threshold, model=draft.model, shard=draft.shard,
-                               frames_agreeing=draft.frames_agreeing, evidence=evidence)
+                               frames_agreeing=draft.frames_agreeing, evidence=evidence,
+                               context=sealed_context)
             return event_id, sign_message(event.to_body(), self.identity.signing_key)
 
         return event_id, expires, build

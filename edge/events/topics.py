@@ -14,7 +14,7 @@ STATE = "state"
 AUDIT = "audit"
 COMMAND = "cmd"
 COMMAND_RESULT = "cmd-result"
-VERBS = ("shard-push", "deployment", "purge", "config")
+VERBS = ("shard-push", "deployment", "purge", "config", "review")
 
 
 class TopicError(Exception):
