@@ -30,6 +30,7 @@ from edge.trust.canonical import CanonicalFormError, canonical, parse_canonical
 from edge.trust.times import TimeFormatError, format_time, parse_time
 
 GENESIS = "0" * 64
+AUDIT_FILE = Path("audit") / "audit.jsonl"  # in the node's state dir
 KINDS = frozenset({
     "node-start", "node-stop", "deployment-start", "deployment-end", "shard-accepted", "shard-rejected",
     "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered", "effectiveness"})
@@ -115,6 +116,10 @@ class AuditLog:
         if torn:
             self.append("recovered", {"torn_bytes": torn, "reason": "an incomplete last record (power loss or "
                                       "kill mid-write) was cut off; every complete record is intact"})
+
+    @classmethod
+    def in_state_dir(cls, state_dir: Path, clock: Callable[[], datetime]) -> AuditLog:
+        return cls(state_dir / AUDIT_FILE, clock)
 
     def _recover(self) -> int:
         """Find the chain's head; cut off an incomplete final record (no newline) left by a crash. Under the

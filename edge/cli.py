@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from edge.audit import AuditError, AuditLog
 from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, ConfigError, parse_tiles
 from edge.events.link import BrokerURLError
 from edge.identity import IdentityError, create_identity, load_identity
@@ -19,6 +20,7 @@ from edge.tls import DeviceTLS, TLSIdentityError
 from edge.trust.keys import KeyFileError
 from edge.trust.root import TrustError
 from edge.trust.times import format_time, now, parse_time
+from edge.vault import STORAGE_PURPOSE, EvidenceVault, VaultError, purge_and_record
 from edge.vision.analyzer import AnalysedFace, FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import DetectorConfig, TilePlan
 from edge.vision.errors import ImageDecodeError, VisionError
@@ -142,6 +144,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Destroy the evidence whose retention has run out (the retention timer runs this; the node also purges
+    every 10 minutes while it runs). Day keys go first, then their rows, then the space is reclaimed; the
+    purge is written to the audit log. Prints what was destroyed as one JSON line."""
+    from edge.config import load_config
+
+    config = load_config(Path(args.config))
+    identity = load_identity(config.state_dir)
+    audit = AuditLog.in_state_dir(config.state_dir, now)
+    vault = EvidenceVault.in_state_dir(config.state_dir, identity.storage_key(STORAGE_PURPOSE), now)
+    try:
+        report = purge_and_record(vault, audit, "retention (timer)")
+        stats = vault.stats()
+    finally:
+        vault.close()
+    print(json.dumps({"keys_destroyed": list(report.keys_destroyed), "rows_deleted": report.rows_deleted,
+                      "left": {"keys": stats.keys, "rows": stats.rows, "oldest_day": stats.oldest_day}}))
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Create this device's X25519 and Ed25519 keys (never overwriting) and print its public identity."""
     device_id = args.device_id or socket.gethostname().split(".")[0].lower()
@@ -235,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-events", action="store_true", help="also print each match event as a JSON line")
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
+    purge = sub.add_parser("purge", help="destroy evidence past its retention (the retention timer)",
+                           description=cmd_purge.__doc__)
+    purge.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"node configuration (default {DEFAULT_CONFIG})")
+    purge.set_defaults(func=cmd_purge)
     faces = sub.add_parser("faces", help="detect and embed the faces in images (diagnostics)",
                            description=cmd_faces.__doc__)
     faces.add_argument("images", nargs="+", metavar="IMAGE")
@@ -297,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError, ConfigError,
-            NodeError, BrokerURLError) as exc:
+            NodeError, BrokerURLError, VaultError, AuditError) as exc:
         print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

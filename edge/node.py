@@ -311,7 +311,7 @@ class Node:
             disable_core_dumps()
         cfg = self.config
         identity: DeviceIdentity = load_identity(cfg.state_dir)
-        self.audit = AuditLog(cfg.state_dir / "audit" / "audit.jsonl", self.clock)
+        self.audit = AuditLog.in_state_dir(cfg.state_dir, self.clock)
         self._audit("node-start", {"device_id": identity.device_id, "camera_id": cfg.camera.id,
                                    "config": str(cfg.source_file) if cfg.source_file else None,
                                    "profile": cfg.profile})

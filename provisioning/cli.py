@@ -8,13 +8,14 @@ import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from edge.audit import AuditError, AuditTamperError, verify_log
-from edge.events.commands import shard_push_args
+from edge.events.commands import REVIEW_OUTCOMES, check_args, shard_push_args
 from edge.events.link import BrokerURLError
 from edge.trust.keys import ed25519_public
 from edge.trust.root import TrustError
-from edge.trust.times import format_time, now
+from edge.trust.times import TimeFormatError, format_time, now, parse_time
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.vision.errors import VisionError
 from edge.vision.manifest import load_manifest
@@ -25,6 +26,7 @@ from provisioning.commands import sign_command
 from provisioning.console import EventTail, FleetClient, publish_commands, run_tail
 from provisioning.fleet import Fleet, FleetError, passphrase
 from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
+from provisioning.reports import AuditSource, deployment_report
 from provisioning.shards import issue_shard
 from provisioning.watchlist import build_watchlist
 
@@ -209,17 +211,16 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_shard_push(args: argparse.Namespace) -> int:
-    """Send a shard to devices as a signed shard-push command and report each device's signed answer.
-    Exit 0: all accepted; 1: a device refused it (the answer says why); 3: a device did not answer in time
-    (the command waits in its session until it expires); 4: the broker refused to take the command."""
+def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int:
+    """Sign one command per device, publish, and print each device's signed answer as a JSON line.
+    Exit 0: all done; 1: a device refused or failed it (the answer says why); 3: a device did not answer in
+    time (the command waits in its session until it expires); 4: the broker refused to take the command."""
     fleet = Fleet(args.fleet_dir)
-    shard = Path(args.file).read_bytes()
     commands = {}
     lifetime = timedelta(hours=args.lifetime_hours)
     for dev in [d for d in args.devices.split(",") if d]:
-        cid, envelope = sign_command(fleet, dev, "shard-push", shard_push_args(shard), lifetime)
-        commands[dev] = ("shard-push", cid, envelope)
+        cid, envelope = sign_command(fleet, dev, verb, verb_args, lifetime)
+        commands[dev] = (verb, cid, envelope)
     settings = fleet_settings(fleet, args.broker, "admin", args.admin, passphrase("the admin key"))
     results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait, lifetime)
     for r in results:
@@ -230,6 +231,56 @@ def cmd_shard_push(args: argparse.Namespace) -> int:
     if any(r.code == "refused-by-broker" for r in results):
         return 4
     return 1 if all(r.answered for r in results) else 3
+
+
+def cmd_shard_push(args: argparse.Namespace) -> int:
+    """Send a shard to devices as a signed shard-push command and report each device's signed answer.
+    Exit 0: all accepted; 1: a device refused it (the answer says why); 3: a device did not answer in time
+    (the command waits in its session until it expires); 4: the broker refused to take the command."""
+    return _send(args, "shard-push", shard_push_args(Path(args.file).read_bytes()))
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Order devices to destroy a deployment's evidence now (all of it, or that of days before --before):
+    the day keys go first, then the rows; each device records the purge in its audit log and answers
+    with what it destroyed. Exit codes as for `shard push`."""
+    before = None if args.before is None else format_time(parse_time(args.before))
+    return _send(args, "purge", {"deployment_id": args.deployment, "before": before})
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """Report the human decision on an alert to the device that raised it: the device records the outcome
+    and the reviewer ids in its audit log, counts it in the deployment's figures, and deletes its own copy
+    of the evidence. Exit codes as for `shard push` (1 also when the device raised no such alert)."""
+    check_args("review", {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer})
+    return _send(args, "review", {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer})
+
+
+def cmd_deployment_report(args: argparse.Namespace) -> int:
+    """Effectiveness per deployment (faces seen, alerts, confirmed, dismissed) from devices' audit logs,
+    each verified first (hash chain, and the device-signed checkpoints beside it when present). Prints a
+    table, or JSON with --json. Exit 1 if a log fails verification."""
+    fleet = Fleet(args.fleet_dir)
+    logs: list[AuditSource] = []
+    for spec in args.audit:
+        device, sep, path = spec.partition("=")
+        if not sep:
+            raise FleetError(f"--audit {spec!r}: expected DEVICE=PATH")
+        logs.append(AuditSource(device, Path(path)))
+    try:
+        report = deployment_report(fleet, logs)
+    except AuditTamperError as exc:
+        print(f"edge-fleet deployment report: TAMPERED: {exc}", file=sys.stderr)
+        return 1
+    rows = {d: t for d, t in report.items() if args.deployment is None or d == args.deployment}
+    if args.json:
+        print(json.dumps({d: {**t.to_json(), "unreviewed": t.unreviewed} for d, t in rows.items()}, indent=2))
+        return 0
+    print(f"{'deployment':<24} {'faces seen':>11} {'alerts':>7} {'confirmed':>10} {'dismissed':>10} "
+          f"{'unreviewed':>11}")
+    for d, t in rows.items():
+        print(f"{d:<24} {t.faces_seen:>11} {t.alerts:>7} {t.confirmed:>10} {t.dismissed:>10} {t.unreviewed:>11}")
+    return 0
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -330,6 +381,42 @@ def build_parser() -> argparse.ArgumentParser:
     fleet_arg(push)
     push.set_defaults(func=cmd_shard_push)
 
+    def command_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--devices", required=True, help="comma-separated device ids")
+        p.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
+        p.add_argument("--admin", help="which admin certificate to use (default: the only one)")
+        p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the devices' answers")
+        p.add_argument("--lifetime-hours", type=float, default=24.0,
+                       help="how long the command stays valid and queued for an offline device (default 24)")
+        fleet_arg(p)
+
+    purge = sub.add_parser("purge", help="order devices to destroy a deployment's evidence (signed command)",
+                           description=cmd_purge.__doc__)
+    purge.add_argument("--deployment", required=True, help="the deployment id")
+    purge.add_argument("--before", metavar="YYYY-MM-DDTHH:MM:SSZ",
+                       help="only evidence of days before this time (default: all of the deployment's evidence)")
+    command_args(purge)
+    purge.set_defaults(func=cmd_purge)
+    review = sub.add_parser("review", help="report the human decision on an alert to its device (signed command)",
+                            description=cmd_review.__doc__)
+    review.add_argument("--event", required=True, help="the alert's event id")
+    review.add_argument("--outcome", required=True, choices=REVIEW_OUTCOMES)
+    review.add_argument("--reviewer", required=True, action="append",
+                        help="a reviewer's id (badge or account id, never a name); repeat for each reviewer")
+    command_args(review)
+    review.set_defaults(func=cmd_review)
+
+    deployment = sub.add_parser("deployment", help="deployments", description="Deployments.")
+    dep_sub = deployment.add_subparsers(dest="deployment_command", required=True)
+    report = dep_sub.add_parser("report", help="effectiveness per deployment from devices' audit logs",
+                                description=cmd_deployment_report.__doc__)
+    report.add_argument("--audit", required=True, action="append", metavar="DEVICE=PATH",
+                        help="a device's audit.jsonl (checkpoints.jsonl beside it is checked too); repeat per device")
+    report.add_argument("--deployment", help="only this deployment")
+    report.add_argument("--json", action="store_true", help="JSON instead of a table")
+    fleet_arg(report)
+    report.set_defaults(func=cmd_deployment_report)
+
     ca = sub.add_parser("ca", help="the fleet's certificate authority", description="Certificate authority.")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True)
     ca_init = ca_sub.add_parser("init", help="create the CA (existing fleets)", description=cmd_ca_init.__doc__)
@@ -405,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, AuditError, OSError) as exc:
+    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, AuditError, TimeFormatError,
+            OSError) as exc:
         print(f"edge-fleet {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -574,7 +574,7 @@ def test_retention_units_contract() -> None:
     assert s["RuntimeDirectory"] != "edge-node"  # would be removed under the running node when the job ends
     assert s["PrivateNetwork"] == "yes" and s["PrivateDevices"] == "yes" and s["LimitCORE"] == "0"
     t = {k: v[-1] for k, v in unit_settings(RETENTION_TIMER).items()}
-    assert t["OnCalendar"] == "daily" and t["Persistent"] == "true" and t["WantedBy"] == "timers.target"
+    assert t["OnCalendar"] == "hourly" and t["Persistent"] == "true" and t["WantedBy"] == "timers.target"
 
 
 def analyze(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
