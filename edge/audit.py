@@ -26,14 +26,20 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.events.messages import AUDIT_CHECKPOINT, MessageError, audit_checkpoint_body, open_message, sign_message
+from edge.fsutil import write_atomic
 from edge.trust.canonical import CanonicalFormError, canonical, parse_canonical
 from edge.trust.times import TimeFormatError, format_time, parse_time
 
 GENESIS = "0" * 64
 AUDIT_FILE = Path("audit") / "audit.jsonl"  # in the node's state dir
+# The log outlives the images (G9; the EU AI Act asks for at least six months): its own retention, never
+# shorter than this floor, whatever the evidence retention is.
+AUDIT_RETENTION_DAYS = 400
+MIN_AUDIT_RETENTION_DAYS = 183
 KINDS = frozenset({
     "node-start", "node-stop", "deployment-start", "deployment-end", "shard-accepted", "shard-rejected",
-    "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered", "effectiveness"})
+    "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered", "effectiveness",
+    "pruned"})
 MAX_DATA_CHARS = 2000  # a line is a record, not a container: nothing bulky (an image) fits
 FORBIDDEN_KEYS = frozenset({"embedding", "crop", "image", "frame", "evidence", "pixels", "face"})
 
@@ -111,7 +117,7 @@ class AuditLog:
         self.clock = clock
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._seq, self._head, self._size = 0, GENESIS, 0
+        self._seq, self._head, self._size, self._ino = 0, GENESIS, 0, -1
         torn = self._recover()
         if torn:
             self.append("recovered", {"torn_bytes": torn, "reason": "an incomplete last record (power loss or "
@@ -137,7 +143,7 @@ class AuditLog:
             end = raw.rfind(b"\n") + 1
             for entry in verify_chain(raw[:end], str(self.path)):
                 self._seq, self._head = entry.seq, entry.digest
-            self._size = end
+            self._size, self._ino = end, os.fstat(fd).st_ino
             if end < size:
                 os.ftruncate(fd, end)
                 os.fsync(fd)
@@ -155,25 +161,51 @@ class AuditLog:
         _check_data(kind, data)
         with self._lock:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = self._open_locked()
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    size = os.fstat(fd).st_size
-                    if size != self._size:  # another process appended since: continue its chain
-                        self._follow(fd, size)
+                    st = os.fstat(fd)
+                    if st.st_ino != self._ino:  # replaced by a prune (this process's or another's)
+                        self._resync(fd)
+                    elif st.st_size != self._size:  # another process appended since: continue its chain
+                        self._follow(fd, st.st_size)
                     seq = self._seq + 1
                     ts = self.clock()
                     line = canonical({"seq": seq, "ts": format_time(ts), "kind": kind, "data": dict(data),
                                       "prev": self._head})
                     os.write(fd, line + b"\n")
                     os.fsync(fd)
-                    self._size = size + len(line) + 1
+                    self._size += len(line) + 1
                 finally:
                     os.close(fd)  # releases the lock
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot append ({exc.strerror})") from None
             prev, self._seq, self._head = self._head, seq, _digest(line)
             return AuditEntry(seq, ts, kind, dict(data), prev, self._head)
+
+    def _open_locked(self) -> int:
+        """The log file, opened for appending and exclusively locked; retried if a prune replaced the file
+        between our open and our lock (the lock would be on a file no longer in place)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                in_place = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                in_place = False
+            if in_place:
+                return fd
+            os.close(fd)
+
+    def _resync(self, fd: int) -> None:
+        """Head, size and inode from the whole file (after a prune replaced it)."""
+        raw = os.pread(fd, os.fstat(fd).st_size, 0)
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):
+            os.ftruncate(fd, end)
+        self._seq, self._head = 0, GENESIS
+        for entry in verify_chain(raw[:end], str(self.path)):
+            self._seq, self._head = entry.seq, entry.digest
+        self._size, self._ino = end, os.fstat(fd).st_ino
 
     def _follow(self, fd: int, size: int) -> None:
         """Take the head from the file's last record (written by another process)."""
@@ -195,6 +227,40 @@ class AuditLog:
             self._seq, self._head = entry.seq, entry.digest
         self._size = size
 
+    def prune(self, before: datetime) -> int:
+        """Drop the records older than `before` from the start of the log (its own retention, G9); returns
+        how many went. First a `pruned` record is appended naming the last dropped record's seq and digest,
+        so the shortened log still verifies: its first record chains to what that record vouches for. The
+        file is then replaced atomically. A signed checkpoint published before still pins the records kept."""
+        with self._lock:
+            fd = self._open_locked()
+            try:
+                raw = os.pread(fd, os.fstat(fd).st_size, 0)
+                old: list[AuditEntry] = []
+                for e in verify_chain(raw, str(self.path)):  # the leading run of old records
+                    if e.ts >= before:
+                        break
+                    old.append(e)
+                if not old:
+                    return 0
+                last = old[-1]
+            finally:
+                os.close(fd)
+        self.append("pruned", {"through_seq": last.seq, "through_digest": last.digest, "before": format_time(before),
+                               "records": len(old)})
+        with self._lock:
+            fd = self._open_locked()  # held until the new file is in place: no append goes to the old one
+            try:
+                raw = os.pread(fd, os.fstat(fd).st_size, 0)
+                lines = raw.split(b"\n")[:-1]
+                first = next(i for i, line in enumerate(lines) if parse_line(line, str(self.path)).seq == last.seq + 1)
+                kept = b"".join(line + b"\n" for line in lines[first:])
+                write_atomic(self.path, kept)
+                self._ino = -1  # the next append resyncs from the new file
+            finally:
+                os.close(fd)
+        return len(old)
+
     def entries(self) -> Iterator[AuditEntry]:
         """Every record, chain checked (for rebuilding counts at start)."""
         with self._lock:
@@ -213,9 +279,23 @@ class AuditLog:
 
 
 def verify_chain(raw: bytes, name: str) -> Iterator[AuditEntry]:
-    """Every record in order, each checked against the one before: seq +1, prev = sha256(previous line)."""
+    """Every record in order, each checked against the one before: seq +1, prev = sha256(previous line).
+
+    A log whose old records were pruned starts later: its first record must chain to exactly what a
+    `pruned` record further on names as the last record dropped; anything else is a removed line."""
+    lines = raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n")
+    if not raw:
+        return
     prev, seq = GENESIS, 0
-    for i, line in enumerate(raw.split(b"\n")[:-1] if raw.endswith(b"\n") else raw.split(b"\n"), start=1):
+    first = parse_line(lines[0], f"{name}: line 1")
+    if first.seq != 1:
+        vouched = {(int(e.data["through_seq"]), str(e.data["through_digest"]))
+                   for e in (parse_line(x, name) for x in lines if b'"kind":"pruned"' in x) if e.kind == "pruned"}
+        if (first.seq - 1, first.prev) not in vouched:
+            raise AuditTamperError(f"{name}: line 1: the log starts at seq {first.seq} but no pruned record "
+                                   "vouches for the records before it (records were removed)")
+        prev, seq = first.prev, first.seq - 1
+    for i, line in enumerate(lines, start=1):
         where = f"{name}: line {i}"
         entry = parse_line(line, where)
         if entry.seq != seq + 1:
@@ -259,6 +339,8 @@ def verify_log(raw: bytes, name: str, device_key: Ed25519PublicKey | None = None
         if cseq > last.records:
             raise AuditTamperError(f"{name}: truncated: checkpoint {i} vouches for {cseq} records, the log has "
                                    f"{last.records}")
+        if digests and cseq < min(digests):
+            continue  # vouches for records since pruned (their last one is named by the pruned record)
         if cseq > 0 and digests.get(cseq) != chead:
             raise AuditTamperError(f"{name}: record {cseq} differs from what checkpoint {i} signed")
         best = max(best or 0, cseq)

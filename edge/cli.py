@@ -8,6 +8,7 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_purge(args: argparse.Namespace) -> int:
     """Destroy the evidence whose retention has run out (the retention timer runs this; the node also purges
     every 10 minutes while it runs). Day keys go first, then their rows, then the space is reclaimed; the
-    purge is written to the audit log. Prints what was destroyed as one JSON line."""
+    purge is written to the audit log. Audit records older than [audit] retention_days (default 400, at
+    least 183) are pruned. Prints what was done as one JSON line."""
     from edge.config import load_config
 
     config = load_config(Path(args.config))
@@ -159,8 +161,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
         stats = vault.stats()
     finally:
         vault.close()
+    pruned = audit.prune(now() - timedelta(days=config.audit_retention_days))
     print(json.dumps({"keys_destroyed": list(report.keys_destroyed), "rows_deleted": report.rows_deleted,
-                      "left": {"keys": stats.keys, "rows": stats.rows, "oldest_day": stats.oldest_day}}))
+                      "left": {"keys": stats.keys, "rows": stats.rows, "oldest_day": stats.oldest_day},
+                      "audit_records_pruned": pruned}))
     return 0
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.audit import AUDIT_RETENTION_DAYS, MIN_AUDIT_RETENTION_DAYS
 from edge.vision.analyzer import VisionConfig
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TileLevel, TilePlan
 from edge.vision.runtime import Delegate, RuntimeConfig
@@ -82,6 +83,7 @@ class NodeConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     mqtt: MqttConfig | None = None
     watchdog_stall_s: float = 30.0
+    audit_retention_days: int = AUDIT_RETENTION_DAYS
 
 
 def parse_tiles(spec: str) -> TilePlan:
@@ -169,7 +171,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 PROFILE_SECTIONS = {"profile", "camera", "vision"}
-NODE_SECTIONS = {"node", "camera", "vision", "tracking", "mqtt", "watchdog"}
+NODE_SECTIONS = {"node", "camera", "vision", "tracking", "mqtt", "watchdog", "audit"}
 
 
 def load_profile(path: Path) -> dict[str, Any]:
@@ -224,6 +226,7 @@ def parse_config_dict(doc: Mapping[str, Any], path: Path, profile: str | None) -
     trk = _Section(src, "tracking", doc.get("tracking", {}), {"agree_k", "window_n", "iou", "min_similarity",
                                                               "max_age_s"})
     wd = _Section(src, "watchdog", doc.get("watchdog", {}), {"stall_s"})
+    aud = _Section(src, "audit", doc.get("audit", {}), {"retention_days"})
 
     source = cam.get("source", str, "v4l2", lambda v: v in SOURCES, " | ".join(SOURCES))
     raw_paths = cam.get("paths", list, [], lambda v: all(isinstance(p, str) and p for p in v), "a list of paths")
@@ -282,4 +285,5 @@ def parse_config_dict(doc: Mapping[str, Any], path: Path, profile: str | None) -
         source_file=path, state_dir=node.path("state_dir", DEFAULT_STATE_DIR, base) or DEFAULT_STATE_DIR,
         run_dir=node.path("run_dir", DEFAULT_RUN_DIR, base) or DEFAULT_RUN_DIR, profile=profile,
         camera=camera, vision=vision, tracking=tracking, mqtt=mqtt,
-        watchdog_stall_s=wd.number("stall_s", 30.0, 1.0, 3600))
+        watchdog_stall_s=wd.number("stall_s", 30.0, 1.0, 3600),
+        audit_retention_days=aud.integer("retention_days", AUDIT_RETENTION_DAYS, MIN_AUDIT_RETENTION_DAYS, 3660))

@@ -229,7 +229,8 @@ class Node:
         return DEFAULT_RETENTION_DAYS
 
     def _purge(self) -> None:
-        """Destroy the evidence whose retention ran out (also run by the retention timer)."""
+        """Destroy the evidence whose retention ran out, and prune audit records past the log's own, longer
+        retention (also run by the retention timer)."""
         if self.vault is None or self.audit is None:
             return
         try:
@@ -239,6 +240,9 @@ class Node:
             return
         if not report.empty:
             log.info("purged %d evidence day key(s) and %d row(s)", len(report.keys_destroyed), report.rows_deleted)
+        pruned = self.audit.prune(self.clock() - timedelta(days=self.config.audit_retention_days))
+        if pruned:
+            log.info("pruned %d audit records older than %d days", pruned, self.config.audit_retention_days)
 
     def _purge_command(self, cmd: Command) -> dict[str, Any]:
         """purge (signed by the fleet): destroy a deployment's evidence now, or that of days before a time."""

@@ -129,3 +129,35 @@ def test_fleet_verify_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     write(log.path, lines(log.path)[:2])
     bad = subprocess.run(args, capture_output=True, text=True, check=False)
     assert bad.returncode == 1 and "TAMPERED" in bad.stderr and "truncated" in bad.stderr
+
+
+def test_pruning_old_records_keeps_a_verifiable_log(tmp_path: Path) -> None:
+    """The log's own retention (G9): old records go, the rest still verifies, and cutting more is caught."""
+    from datetime import UTC, datetime, timedelta
+
+    t = [datetime(2026, 1, 1, tzinfo=UTC)]
+    log = AuditLog(tmp_path / "audit.jsonl", lambda: t[0])
+    for i in range(10):
+        log.append("alert", {"event_id": f"e{i}", "entry_id": "wl-1", "score": 0.95})
+        t[0] += timedelta(days=30)
+    early = log.checkpoint("cam-01", KEY)  # vouches for records about to be pruned
+    assert log.prune(datetime(2026, 4, 15, tzinfo=UTC)) == 4  # Jan 1, Jan 31, Mar 2, Apr 1
+    log.append("node-stop", {})
+    late = log.checkpoint("cam-01", KEY)
+    raw = log.path.read_bytes()
+    v = verify_log(raw, str(log.path), KEY.public_key(), [early, late])
+    assert v.records == 12 and v.checkpoint_seq == 12  # seq keeps counting: 10 + pruned + node-stop
+    kept = lines(log.path)
+    assert len(kept) == 8 and b'"seq":5' in kept[0] and b'"kind":"pruned"' in kept[-2]
+    assert b'"through_seq":4' in kept[-2]
+    # another process appending after the prune continues the same chain
+    AuditLog(log.path, lambda: t[0]).append("node-start", {})
+    log.append("node-stop", {})
+    assert verify_log(log.path.read_bytes(), str(log.path)).records == 14
+    # removing one more record from the start is not a prune
+    write(log.path, lines(log.path)[1:])
+    with pytest.raises(AuditTamperError, match="no pruned record vouches"):
+        verify_log(log.path.read_bytes(), str(log.path))
+    # and nothing to prune is a no-op
+    write(log.path, kept)
+    assert AuditLog(log.path, lambda: t[0]).prune(datetime(2025, 1, 1, tzinfo=UTC)) == 0

@@ -181,6 +181,30 @@ def test_state_validates(device_key: Ed25519PrivateKey, status: str) -> None:
     assert_valid("state.json", doc)
 
 
+def test_state_with_effectiveness_and_vault_validates(device_key: Ed25519PrivateKey, tmp_path: Path) -> None:
+    """The figures as the node builds them (edge.deployment.Effectiveness, edge.vault.EvidenceVault.stats)."""
+    from dataclasses import asdict
+
+    from edge.deployment import Effectiveness
+    from edge.vault import EvidenceVault
+
+    counts = Effectiveness()
+    counts.seen("dep-1", 41)
+    counts.alert("dep-1", "e1")
+    counts.alert("dep-1", "e2")
+    assert counts.review("e1", "dismissed") == "dep-1"
+    vault = EvidenceVault(tmp_path / "v.db", bytes(32), lambda: T0)
+    vault.store("e2", "dep-1", 30, b"\xff\xd8face", None)
+    detail = {"outbox": OutboxStats(0, 0, 0, 0, 0, 0).to_json(),
+              "effectiveness": {d: t.to_json() for d, t in counts.snapshot().items()},
+              "vault": asdict(vault.stats())}
+    assert detail["effectiveness"] == {"dep-1": {"faces_seen": 41, "alerts": 2, "confirmed": 0, "dismissed": 1}}
+    doc: Doc = json.loads(sign_message(state_body(DEVICE, "online", T0, uuid7(), detail), device_key))
+    assert_valid("state.json", doc)
+    doc["detail"]["vault"]["oldest_day"] = "yesterday"
+    assert_invalid("state.json", doc)
+
+
 def test_command_results_validate(device_key: Ed25519PrivateKey) -> None:
     done = command_result_body(uuid7(), DEVICE, uuid7(), "shard-push", True, "ok", "done", T0,
                                {"shard_id": "shard-north", "version": 3, "entries": 120, "deployment_id": "dep-1"})

@@ -3,6 +3,7 @@ ordered purges, and a file that survives SIGKILL mid-write."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -146,7 +147,8 @@ i = 0
 while True:
     i += 1
     eid = f"ev-{sys.argv[2]}-{i}"
-    vault.store(eid, random.choice(["dep-a", "dep-b"]), 1, os.urandom(20000), os.urandom(8000))
+    dep, retention = random.choice([("dep-a", 1), ("dep-b", 366)])  # dep-a purged as the clock runs, dep-b kept
+    vault.store(eid, dep, retention, os.urandom(20000), os.urandom(8000))
     audit.append("alert", {"event_id": eid, "entry_id": "wl-1", "score": 0.95})
     t[0] += timedelta(hours=2)
     purge_and_record(vault, audit)
@@ -159,7 +161,7 @@ def test_killed_mid_write_many_times_the_vault_and_audit_chain_stay_valid(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     kills = 12
     for i in range(kills):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(1000 * i)], env=env)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(10 * i)], env=env)
         time.sleep(0.6 + 0.07 * i)  # interpreter start ~0.3 s: kills land at varied points of the loop
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
@@ -202,3 +204,34 @@ def test_two_processes_appending_keep_one_chain(tmp_path: Path) -> None:
     assert v.records == 300
     ids = [e.data["event_id"] for e in AuditLog(path, now).entries()]
     assert sorted(ids) == sorted([f"a-{i}" for i in range(150)] + [f"b-{i}" for i in range(150)])
+
+
+def test_the_retention_timers_command_purges_and_prunes(tmp_path: Path) -> None:
+    """`edge-node purge --config` (what edge-node-retention.service runs) on a node's state dir."""
+    from edge.identity import create_identity
+
+    state = tmp_path / "state"
+    identity = create_identity(state, "cam-01")
+    past = Clock(datetime.now(UTC) - timedelta(days=500))
+    audit = AuditLog.in_state_dir(state, past)
+    audit.append("node-start", {"device_id": "cam-01"})  # older than the audit log's 400 days
+    vault = EvidenceVault.in_state_dir(state, identity.storage_key("vault"), past)
+    vault.store("ev-expired", "dep-1", 30, FACE, CONTEXT)
+    past.t = datetime.now(UTC)
+    vault.store("ev-current", "dep-2", 30, FACE, CONTEXT)
+    vault.close()
+    config = tmp_path / "node.toml"
+    config.write_text(f'[node]\nstate_dir = "{state}"\n[camera]\nid = "gate-a"\n[audit]\nretention_days = 400\n')
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "purge", "--config", str(config)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert len(out["keys_destroyed"]) == 1 and out["keys_destroyed"][0].startswith("dep-1|")
+    assert out["rows_deleted"] == 1 and out["left"]["rows"] == 1 and out["audit_records_pruned"] == 1
+    kinds = [e.kind for e in AuditLog.in_state_dir(state, now).entries()]
+    assert kinds == ["purge", "pruned"]  # the purge is on the record; the year-old start was pruned
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[node]\nstate_dir = "{state}"\n[audit]\nretention_days = 30\n')
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "purge", "--config", str(bad)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "[audit] retention_days" in proc.stderr  # below the 183-day floor
