@@ -342,7 +342,7 @@ class Pipeline:
                                 for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
                 del results  # the non-matches' scores go with it
             discarded = sum(1 for o in observations if o.entry_id is None)
-            alerts = self.tracker.update(ts, frame, observations)
+            alerts = self.tracker.update(ts, frame, observations, [f.detection.box for f in faces])
             self.counters.add(processed=1, faces=len(faces), below_quality=len(faces) - len(embedded),
                               discarded=discarded)
             m = decision.shard.manifest

@@ -12,6 +12,7 @@ when the track ends: nothing of a face that never alerted outlives its track.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -93,8 +94,11 @@ class Tracker:
     def active(self) -> int:
         return len(self._tracks)
 
-    def update(self, now: float, frame: np.ndarray, faces: list[FaceObservation]) -> list[Alert]:
-        """One frame's faces in; the alerts this frame completes out."""
+    def update(self, now: float, frame: np.ndarray, faces: list[FaceObservation],
+               detected: Sequence[np.ndarray] = ()) -> list[Alert]:
+        """One frame's faces in; the alerts this frame completes out. `detected` holds the boxes of every
+        face found in the frame (embedded or not): they are blacked out of an evidence crop kept for
+        another face, so a bystander's face never becomes evidence."""
         self.expire(now)
         assigned = self._associate(faces)
         alerts: list[Alert] = []
@@ -110,7 +114,7 @@ class Tracker:
             np.copyto(self._embeddings[track.slot], face.embedding)
             track.window.append(face.entry_id)
             if face.entry_id is not None:
-                self._keep_best(track, frame, face)
+                self._keep_best(track, frame, face, detected)
             alert = self._decide(track)
             if alert is not None:
                 alerts.append(alert)
@@ -119,7 +123,8 @@ class Tracker:
                 track.window.append(None)  # not seen this frame: does not agree
         return alerts
 
-    def _keep_best(self, track: _Track, frame: np.ndarray, face: FaceObservation) -> None:
+    def _keep_best(self, track: _Track, frame: np.ndarray, face: FaceObservation,
+                   detected: Sequence[np.ndarray]) -> None:
         """Best score per entry; the crop slot follows the entry with the most votes in the window (the one
         an alert would be for), keeping that entry's best-scoring frame."""
         entry = face.entry_id
@@ -130,8 +135,11 @@ class Tracker:
         if (entry == leader and face.score > track.crop_score) or (
                 entry != leader and votes[entry] >= votes.get(leader, 0) if leader else True):
             track.crop_entry, track.crop_score = entry, face.score
-            self._crop_into(frame, face.box, self._crops[track.slot], 1 + 2 * CROP_MARGIN)
-            self._crop_into(frame, face.box, self._contexts[track.slot], CONTEXT_SPAN)
+            slot = track.slot
+            for out, span in ((self._crops[slot], 1 + 2 * CROP_MARGIN), (self._contexts[slot], CONTEXT_SPAN)):
+                region = self._crop_into(frame, face.box, out, span)
+                if region is not None:
+                    _redact(out, region, detected, face.box)
 
     def _decide(self, track: _Track) -> Alert | None:
         votes = Counter(e for e in track.window if e is not None)
@@ -219,7 +227,8 @@ class Tracker:
         self._tracks = []
 
     @staticmethod
-    def _crop_into(frame: np.ndarray, box: np.ndarray, out: np.ndarray, span: float) -> None:
+    def _crop_into(frame: np.ndarray, box: np.ndarray, out: np.ndarray,
+                   span: float) -> tuple[float, float, float] | None:
         """The square `span` face-box sizes wide around the face (moved, not squashed, at the frame's edge), scaled
         into `out`."""
         h, w = frame.shape[:2]
@@ -231,5 +240,25 @@ class Tracker:
         x1, y1 = int(x0 + side), int(y0 + side)
         if x1 - x0 < 2 or y1 - y0 < 2:
             out.fill(0)
-            return
+            return None
         cv2.resize(frame[y0:y1, x0:x1], (out.shape[1], out.shape[0]), dst=out, interpolation=cv2.INTER_AREA)
+        return float(x0), float(y0), float(x1 - x0)
+
+
+REDACT_MARGIN = 0.2  # around another face's box (hair, ears, a box that fits the face tightly), per side
+
+
+def _redact(out: np.ndarray, region: tuple[float, float, float], boxes: Sequence[np.ndarray],
+            keep: np.ndarray) -> None:
+    """Black out every face box but `keep` inside a crop of `region` (x0, y0, side in frame pixels)."""
+    x0, y0, side = region
+    scale = out.shape[0] / side
+    for b in boxes:
+        if np.array_equal(b, keep):
+            continue
+        pad = REDACT_MARGIN * float(max(b[2] - b[0], b[3] - b[1]))
+        bx0, by0 = (int(max(0.0, (float(b[0]) - pad - x0) * scale)), int(max(0.0, (float(b[1]) - pad - y0) * scale)))
+        bx1 = int(min(out.shape[1], np.ceil((float(b[2]) + pad - x0) * scale)))
+        by1 = int(min(out.shape[0], np.ceil((float(b[3]) + pad - y0) * scale)))
+        if bx1 > bx0 and by1 > by0:
+            out[by0:by1, bx0:bx1] = 0

@@ -74,8 +74,11 @@ class Embedder:
         return out
 
     def release(self) -> None:
-        """Zero the staging buffer and the input tensor, which held the last face."""
+        """Zero the staging buffer, the input tensor (the last face) and the output tensor (its embedding)."""
         self._staging.fill(0)
         view = self.model.input_view()
         view.fill(0)
         del view
+        out = self.model.output_view()
+        out.fill(0)
+        del out
