@@ -222,7 +222,8 @@ def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int
         cid, envelope = sign_command(fleet, dev, verb, verb_args, lifetime)
         commands[dev] = (verb, cid, envelope)
     settings = fleet_settings(fleet, args.broker, "admin", args.admin, passphrase("the admin key"))
-    results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait, lifetime)
+    results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait, lifetime,
+                               sys.stderr)
     for r in results:
         print(json.dumps({"device_id": r.device_id, "command_id": r.command_id, "ok": r.ok, "code": r.code,
                           "reason": r.reason, "detail": r.detail}))

@@ -228,9 +228,10 @@ class PushResult:
 
 
 def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
-                     wait: float, lifetime: timedelta) -> list[PushResult]:
+                     wait: float, lifetime: timedelta, progress: TextIO | None = None) -> list[PushResult]:
     """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
-    devices' signed answers on cmd-result for up to `wait` seconds."""
+    devices' signed answers on cmd-result for up to `wait` seconds. With `progress`, a line says when the
+    broker has taken each command (from then on it is queued for a device that is away)."""
     lock = threading.Condition()
     answers: dict[str, dict[str, Any]] = {}
     broker_said: dict[int, int] = {}
@@ -272,9 +273,21 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
                 return False
         return True
 
+    told: set[str] = set()
+
+    def tell() -> None:
+        for dev, (verb, cid, _e) in commands.items():
+            code = broker_said.get(mids[dev])
+            if progress is not None and dev not in told and code is not None and code < 0x80:
+                told.add(dev)
+                progress.write(f"{verb} {cid} for {dev}: taken by the broker; waiting up to {wait:.0f} s for the "
+                               "device's answer\n")
+                progress.flush()
+
     with lock:
         while not settled() and time.monotonic() < deadline:
             lock.wait(max(0.05, deadline - time.monotonic()))
+            tell()
     client.stop()
     out = []
     for dev, (_verb, cid, _e) in commands.items():

@@ -49,7 +49,10 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
     vault.close()
 
     fleet = demo / "fleet"
-    assert run("provisioning.cli", "cert", "issue", "admin", "ops", "--fleet-dir", str(fleet)).returncode == 0
+    # one admin identity per tool running at once: the broker takes the client id from the certificate, so a
+    # second connection with the same certificate takes the first one's session over
+    for admin in ("ops", "ops2", "ops3"):
+        assert run("provisioning.cli", "cert", "issue", "admin", admin, "--fleet-dir", str(fleet)).returncode == 0
     port = free_port()
     conf = run("provisioning.cli", "broker", "config", "--out-dir", str(bdir), "--hostname", "localhost",
                "--alt-name", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir", str(fleet))
@@ -63,14 +66,19 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
     try:
         url = f"mqtts://127.0.0.1:{port}"
         common = ["--devices", "demo-node", "--broker", url, "--wait", "120", "--fleet-dir", str(fleet)]
+        as_admin = [["--admin", a] for a in ("ops", "ops2", "ops3")]
         # the node is not running: the commands wait in its persistent session (the demo's first --broker
         # run creates it, so make it with a short run first)
         assert run("edge.cli", "demo", "--demo-dir", str(demo), "--tiles", "off", "--broker", url).returncode == 0
         review = start("provisioning.cli", "review", "--event", alerts[0]["event_id"], "--outcome", "confirmed",
-                       "--reviewer", "PC-4711", "--reviewer", "sgt-0042", *common)
+                       "--reviewer", "PC-4711", "--reviewer", "sgt-0042", *common, *as_admin[0])
         dismiss = start("provisioning.cli", "review", "--event", "019a0000-0000-7000-8000-000000000001",
-                        "--outcome", "dismissed", "--reviewer", "PC-4711", *common)
-        purge = start("provisioning.cli", "purge", "--deployment", first_deployment, *common)
+                        "--outcome", "dismissed", "--reviewer", "PC-4711", *common, *as_admin[1])
+        purge = start("provisioning.cli", "purge", "--deployment", first_deployment, *common, *as_admin[2])
+        for p in (review, dismiss, purge):  # queued for the node before it starts (else it may end first)
+            assert p.stderr is not None
+            line = p.stderr.readline()
+            assert "taken by the broker" in line, line + p.stderr.read()
         again = run("edge.cli", "demo", "--demo-dir", str(demo), "--tiles", "off", "--broker", url)
         assert again.returncode == 0, again.stderr
         answers = [p.communicate(timeout=150) for p in (review, dismiss, purge)]
