@@ -99,6 +99,10 @@ class Effectiveness:
         with self._lock:
             self._alerts[event_id] = deployment_id
 
+    def alerted(self, event_id: str) -> bool:
+        with self._lock:
+            return event_id in self._alerts
+
     def review(self, event_id: str, outcome: str) -> str:
         """Record an outcome; returns the alert's deployment id."""
         with self._lock:

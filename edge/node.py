@@ -244,6 +244,18 @@ class Node:
         if pruned:
             log.info("pruned %d audit records older than %d days", pruned, self.config.audit_retention_days)
 
+    def _drop_unrecorded_evidence(self) -> None:
+        """Evidence is stored just before its alert is recorded; a kill in between leaves crops that no audit
+        record accounts for. Nothing is kept off the record: they are deleted, and that is recorded."""
+        assert self.vault is not None
+        orphans = [e for e in self.vault.event_ids() if not self.effectiveness.alerted(e)]
+        for event_id in orphans:
+            self.vault.acknowledge(event_id)
+        if orphans:
+            self._audit("recovered", {"reason": "evidence with no alert record (the node stopped between storing "
+                                                "it and recording the alert) was deleted",
+                                      "event_ids": orphans[:20], "count": len(orphans)})
+
     def _purge_command(self, cmd: Command) -> dict[str, Any]:
         """purge (signed by the fleet): destroy a deployment's evidence now, or that of days before a time."""
         assert self.vault is not None and self.audit is not None
@@ -321,6 +333,7 @@ class Node:
                                    "profile": cfg.profile})
         self.effectiveness.restore(self.audit.entries())
         self.vault = EvidenceVault.in_state_dir(cfg.state_dir, identity.storage_key(STORAGE_PURPOSE), self.clock)
+        self._drop_unrecorded_evidence()
         self._purge()
         store = ShardStore(cfg.state_dir)
         self.notifier.status("loading models")

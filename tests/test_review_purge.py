@@ -69,8 +69,12 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
         as_admin = [["--admin", a] for a in ("ops", "ops2", "ops3")]
         # the node is not running: the commands wait in its persistent session (the demo's first --broker
         # run creates it, so make it with a short run first)
-        assert run("edge.cli", "demo", "--demo-dir", str(demo), "--tiles", "off", "--broker", url).returncode == 0
-        review = start("provisioning.cli", "review", "--event", alerts[0]["event_id"], "--outcome", "confirmed",
+        second = run("edge.cli", "demo", "--demo-dir", str(demo), "--tiles", "off", "--broker", url)
+        assert second.returncode == 0, second.stderr
+        reviewed = json.loads(second.stdout.splitlines()[0])
+        # the review is for the second run's deployment, the purge for the first's: whichever the node gets
+        # first, each has its own evidence to act on
+        review = start("provisioning.cli", "review", "--event", reviewed["event_id"], "--outcome", "confirmed",
                        "--reviewer", "PC-4711", "--reviewer", "sgt-0042", *common, *as_admin[0])
         dismiss = start("provisioning.cli", "review", "--event", "019a0000-0000-7000-8000-000000000001",
                         "--outcome", "dismissed", "--reviewer", "PC-4711", *common, *as_admin[1])
@@ -86,26 +90,28 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
         broker.stop()
     (r_out, r_err), (d_out, _), (p_out, p_err) = answers
     assert review.returncode == 0, r_err
-    assert json.loads(r_out)["detail"] == {"event_id": alerts[0]["event_id"], "outcome": "confirmed",
-                                           "deployment_id": first_deployment, "evidence_deleted": True}
+    assert json.loads(r_out)["detail"] == {"event_id": reviewed["event_id"], "outcome": "confirmed",
+                                           "deployment_id": reviewed["deployment_id"], "evidence_deleted": True}
     assert dismiss.returncode == 1 and "this node raised no alert with that id" in json.loads(d_out)["reason"]
     assert purge.returncode == 0, p_err
-    assert json.loads(p_out)["detail"]["keys_destroyed"] == 1
+    assert json.loads(p_out)["detail"] == {"deployment_id": first_deployment, "keys_destroyed": 1,
+                                           "rows_deleted": 2}
 
     vault = EvidenceVault.in_state_dir(node, load_identity(node).storage_key(STORAGE_PURPOSE), now)
-    for a in alerts:  # the first reviewed (deleted), the second purged with its deployment's day key
+    for event_id in [a["event_id"] for a in alerts] + [reviewed["event_id"]]:  # purged twice, reviewed once
         with pytest.raises(EvidenceGoneError):
-            vault.read(a["event_id"])
-    assert all(vault.read(e).deployment_id != first_deployment for e in vault.event_ids())
+            vault.read(event_id)
+    left = {vault.read(e).deployment_id for e in vault.event_ids()}
+    assert first_deployment not in left and reviewed["deployment_id"] in left  # its other alert is kept
     vault.close()
 
     records = [e for e in AuditLog.in_state_dir(node, now).entries()]
     review_rec = [e.data for e in records if e.kind == "review"]
-    assert review_rec == [{"event_id": alerts[0]["event_id"], "deployment_id": first_deployment,
+    assert review_rec == [{"event_id": reviewed["event_id"], "deployment_id": reviewed["deployment_id"],
                            "outcome": "confirmed", "reviewers": ["PC-4711", "sgt-0042"],
                            "command_id": json.loads(r_out)["command_id"]}]
     purges = [e.data for e in records if e.kind == "purge"]
-    assert [p["deployment_id"] for p in purges] == [first_deployment] and purges[0]["rows_deleted"] == 1
+    assert [p["deployment_id"] for p in purges] == [first_deployment] and purges[0]["rows_deleted"] == 2
     commands = [(e.data["verb"], e.data["ok"], e.data["code"]) for e in records if e.kind == "command"]
     assert sorted(commands) == sorted([("review", True, "ok"), ("review", False, "CommandFailedError"),
                                        ("purge", True, "ok")])
@@ -114,9 +120,10 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
                  "--json", "--fleet-dir", str(fleet))
     assert report.returncode == 0, report.stderr
     figures = json.loads(report.stdout)
-    assert figures[first_deployment]["alerts"] == 2 and figures[first_deployment]["confirmed"] == 1
-    assert figures[first_deployment]["dismissed"] == 0 and figures[first_deployment]["unreviewed"] == 1
-    assert figures[first_deployment]["faces_seen"] >= 2
+    assert figures[reviewed["deployment_id"]] == {"faces_seen": figures[reviewed["deployment_id"]]["faces_seen"],
+                                                  "alerts": 2, "confirmed": 1, "dismissed": 0, "unreviewed": 1}
+    assert figures[first_deployment]["alerts"] == 2 and figures[first_deployment]["unreviewed"] == 2
+    assert figures[reviewed["deployment_id"]]["faces_seen"] >= 2
     assert len(figures) == 3  # three demo runs, three deployments
 
     # a tampered log is refused rather than reported
