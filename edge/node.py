@@ -178,6 +178,7 @@ class Node:
         self.audit: AuditLog | None = None
         self.vault: EvidenceVault | None = None
         self.effectiveness = Effectiveness()
+        self._in_use: str | None = None  # the deployment matching is running under, for start/end records
         self.ready = threading.Event()
 
     def _load_shard(self, store: ShardStore, analyzer: FaceAnalyzer) -> None:
@@ -285,6 +286,26 @@ class Node:
             raise CommandFailedError(f"outcome recorded; the evidence could not be deleted: {exc}") from None
         return {"event_id": event_id, "outcome": outcome, "deployment_id": deployment_id,
                 "evidence_deleted": deleted}
+
+    def _track_use(self, stopping: bool = False) -> None:
+        """Record when matching starts and ends under a deployment (G8: the start and end of each use)."""
+        p = self.pipeline
+        if not stopping and p is not None and p.refusal is None and p.shard is None:
+            return  # no frame judged yet, or the pipeline is winding down: nothing has changed
+        shard = None if p is None or stopping or p.refusal is not None else p.shard
+        now_in_use = None if shard is None else shard.manifest.deployment.id
+        if now_in_use == self._in_use:
+            return
+        if self._in_use is not None:
+            why = "node stopping" if stopping else (
+                p.refusal.code if p is not None and p.refusal is not None else "shard replaced")
+            self._audit("deployment-end", {"deployment_id": self._in_use, "reason": why})
+        if shard is not None:
+            m = shard.manifest
+            self._audit("deployment-start", {"deployment_id": m.deployment.id, "camera_id": self.config.camera.id,
+                                             "shard": {"id": m.shard_id, "version": m.version},
+                                             "threshold": m.deployment.threshold})
+        self._in_use = now_in_use
 
     def _record_effectiveness(self) -> None:
         if self.audit is not None and self.effectiveness.snapshot():
@@ -400,6 +421,7 @@ class Node:
                     next_status = time.monotonic() + STATUS_EVERY
                 if self.pipeline.join(timeout=0.2):
                     break  # a finite replay has ended
+                self._track_use()
         finally:
             self.notifier.stopping()
             feeder_stop.set()
@@ -407,6 +429,7 @@ class Node:
             self.pipeline.stop()
             if self.pipeline.join(10):
                 self.camera.close()  # only once the capture thread is out of read()
+            self._track_use(stopping=True)
             self._record_effectiveness()
             self._audit("node-stop", {"counters": self.pipeline.counters.snapshot(),
                                       "error": self.pipeline.error})
