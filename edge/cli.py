@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     state_arg(status)
     status.set_defaults(func=cmd_shard_status)
+    from edge.provision.agent import add_parser as add_provision_agent
+
+    add_provision_agent(sub, state_arg)
     return parser
 
 

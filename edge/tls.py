@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -85,6 +86,9 @@ class DeviceTLS:
             raise TLSIdentityError(f"certificate CN {cns} is not this device ({device_id!r})")
         try:
             cert.verify_directly_issued_by(ca)
+        except InvalidSignature:
+            raise TLSIdentityError("the certificate was not issued by that CA (its signature does not verify with "
+                                   "the CA's key)") from None
         except (ValueError, TypeError) as exc:
             raise TLSIdentityError(f"the certificate was not issued by that CA ({exc})") from None
         write_atomic(self.ca, ca_data, 0o644)

@@ -485,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    description=cmd_models_verify.__doc__)
     verify.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     verify.set_defaults(func=cmd_models_verify)
+    from provisioning.serial_tool import add_parser as add_provision
+
+    add_provision(sub)
     return parser
 
 

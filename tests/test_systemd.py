@@ -36,6 +36,7 @@ UNITS = REPO / "systemd"
 NODE_UNIT = UNITS / "edge-node.service"
 RETENTION_UNIT = UNITS / "edge-node-retention.service"
 RETENTION_TIMER = UNITS / "edge-node-retention.timer"
+PROVISION_UNIT = UNITS / "edge-node-provision.service"
 DROPINS = sorted((UNITS / "edge-node.service.d").glob("*.conf.example"))
 MAX_EXPOSURE = 2.0
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -594,7 +595,7 @@ def exposure(unit: Path) -> tuple[float, str, str]:
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason=NO_ANALYZE)
-@pytest.mark.parametrize("unit", [NODE_UNIT, RETENTION_UNIT], ids=lambda p: p.name)
+@pytest.mark.parametrize("unit", [NODE_UNIT, RETENTION_UNIT, PROVISION_UNIT], ids=lambda p: p.name)
 def test_security_exposure_is_ok(unit: Path) -> None:
     score, rating, warnings = exposure(unit)
     assert score <= MAX_EXPOSURE, f"{unit.name}: exposure {score} {rating} > {MAX_EXPOSURE}"
@@ -642,7 +643,7 @@ def scratch_root(tmp_path: Path) -> Path:
     exe.chmod(0o755)
     etc = root / "etc/systemd/system"
     etc.mkdir(parents=True)
-    for unit in (NODE_UNIT, RETENTION_UNIT, RETENTION_TIMER):
+    for unit in (NODE_UNIT, RETENTION_UNIT, RETENTION_TIMER, PROVISION_UNIT):
         shutil.copy(unit, etc / unit.name)
     return root
 
@@ -650,7 +651,8 @@ def scratch_root(tmp_path: Path) -> Path:
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason=NO_ANALYZE)
 def test_units_verify_against_a_scratch_root(tmp_path: Path) -> None:
     root = scratch_root(tmp_path)
-    r = analyze("verify", "--man=no", f"--root={root}", NODE_UNIT.name, RETENTION_UNIT.name, RETENTION_TIMER.name)
+    r = analyze("verify", "--man=no", f"--root={root}", NODE_UNIT.name, RETENTION_UNIT.name, RETENTION_TIMER.name,
+                PROVISION_UNIT.name)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
     # and it does notice a missing executable
     (root / "opt/edge-node/.venv/bin/edge-node").unlink()

@@ -87,8 +87,8 @@ def parse_envelope(data: bytes, expected_type: str) -> Signed:
         raise DocumentFormatError("signatures: expected a non-empty list")
     pairs = []
     for i, s in enumerate(sigs):
-        if (not isinstance(s, dict) or set(s) != {"keyid", "sig"} or not _is_hex(s["keyid"], 64)
-                or not _is_hex(s["sig"], 128)):
+        if (not isinstance(s, dict) or set(s) != {"keyid", "sig"} or not is_hex(s["keyid"], 64)
+                or not is_hex(s["sig"], 128)):
             raise DocumentFormatError(f"signatures[{i}]: expected {{keyid: 64 hex, sig: 128 hex}}")
         pairs.append((s["keyid"], bytes.fromhex(s["sig"])))
     ids = [p[0] for p in pairs]
@@ -97,7 +97,8 @@ def parse_envelope(data: bytes, expected_type: str) -> Signed:
     return Signed(body, canonical(body), tuple(pairs))
 
 
-def _is_hex(v: object, n: int) -> bool:
+def is_hex(v: object, n: int) -> bool:
+    """`v` is a string of exactly `n` lowercase hex digits (key ids, signatures, raw public keys)."""
     return isinstance(v, str) and len(v) == n and set(v) <= _HEX64
 
 
@@ -162,7 +163,7 @@ def parse_root(signed: Signed) -> Root:
         raise DocumentFormatError("root.keys: expected an object")
     for kid, k in b["keys"].items():
         if not isinstance(k, dict) or set(k) != {"type", "public"} or k["type"] != "ed25519" \
-                or not _is_hex(k["public"], 64):
+                or not is_hex(k["public"], 64):
             raise DocumentFormatError(f"root.keys.{kid}: expected {{type: ed25519, public: 64 hex}}")
         pub = ed25519_public(k["public"])
         if key_id(pub) != kid:
