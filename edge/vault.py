@@ -11,12 +11,11 @@ rows whose key is already gone, which no one can read and the next purge deletes
 
 from __future__ import annotations
 
-import os
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.audit import AuditLog
+from edge.sqlitedb import immediate, open_durable
 from edge.trust.times import format_time
 
 VAULT_FILE = Path("vault") / "vault.db"
@@ -109,12 +109,8 @@ class EvidenceVault:
         self.clock = clock
         self._wrap = AESGCM(storage_key)
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            os.chmod(path, 0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db = open_durable(path, timeout=30)
             self._db.execute("PRAGMA secure_delete=ON")  # deleted keys and rows are overwritten, not just freed
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
@@ -128,18 +124,8 @@ class EvidenceVault:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            finally:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise VaultError(f"{self.path}: {what} failed ({exc})") from None
+    def _transaction(self, what: str) -> AbstractContextManager[None]:
+        return immediate(self._db, lambda exc: VaultError(f"{self.path}: {what} failed ({exc})"))
 
     @staticmethod
     def _aad(kind: str, *parts: str) -> bytes:

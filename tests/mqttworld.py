@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,23 @@ def make_broker(directory: Path, devices: tuple[str, ...] = ("cam-01", "cam-02")
     BrokerConfig(directory, broker.port, bind="127.0.0.1", log_dest="stdout", run_as=run_as).write(
         ca.clients("admin"), ca.clients("operator"))
     return broker
+
+
+def fleet_broker(fleet: Path, directory: Path, passphrase: str) -> tuple[Broker, str]:
+    """A mosquitto configured the way an admin would: `edge-fleet broker config` from an existing fleet
+    (loopback, a free port, log to stdout), not yet started; and its mqtts:// URL."""
+    port = free_port()
+    conf = subprocess.run(
+        [sys.executable, "-m", "provisioning.cli", "broker", "config", "--out-dir", str(directory), "--hostname",
+         "localhost", "--alt-name", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir",
+         str(fleet)], capture_output=True, text=True, env={**os.environ, "EDGE_FLEET_PASSPHRASE": passphrase},
+        timeout=120, check=False)
+    assert conf.returncode == 0, conf.stderr
+    text = (directory / "mosquitto.conf").read_text().replace("log_dest syslog", "log_dest stdout")
+    if os.geteuid() == 0:
+        text += f"user {pwd.getpwuid(0).pw_name}\n"
+    (directory / "mosquitto.conf").write_text(text)
+    return Broker(directory, port, FleetCA(fleet, passphrase.encode())), f"mqtts://127.0.0.1:{port}"
 
 
 class Peer:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 from pathlib import Path
 
-from mqttworld import Broker, free_port
+from mqttworld import fleet_broker
 
 from edge.demo.run import DEMO_PASSPHRASE
-from provisioning.ca import FleetCA
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -27,18 +25,9 @@ def test_demo_publishes_and_the_console_verifies(tmp_path: Path) -> None:
     first = run("edge.cli", "demo", "--demo-dir", str(demo), "--tiles", "off")
     assert first.returncode == 0, first.stderr
     fleet = demo / "fleet"
-    port = free_port()
-    conf = run("provisioning.cli", "broker", "config", "--out-dir", str(bdir), "--hostname", "localhost",
-               "--alt-name", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir", str(fleet))
-    assert conf.returncode == 0, conf.stderr
-    text = (bdir / "mosquitto.conf").read_text().replace("log_dest syslog", "log_dest stdout")
-    if os.geteuid() == 0:
-        text += f"user {pwd.getpwuid(0).pw_name}\n"
-    (bdir / "mosquitto.conf").write_text(text)
-    broker = Broker(bdir, port, FleetCA(fleet, DEMO_PASSPHRASE.encode()))
+    broker, url = fleet_broker(fleet, bdir, DEMO_PASSPHRASE)
     broker.start()
     try:
-        url = f"mqtts://127.0.0.1:{port}"
         tail = ["provisioning.cli", "events", "tail", "--broker", url, "--fleet-dir", str(fleet),
                 "--evidence-dir", str(tmp_path / "crops")]
         assert run(*tail, "--idle-timeout", "1").returncode == 0  # the console's session exists from now on

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from mqttworld import Broker, free_port
+from mqttworld import fleet_broker
 
 from edge.audit import AuditLog
 from edge.demo.run import DEMO_PASSPHRASE
 from edge.identity import load_identity
 from edge.trust.times import now
 from edge.vault import STORAGE_PURPOSE, EvidenceGoneError, EvidenceVault
-from provisioning.ca import FleetCA
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -53,18 +51,9 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
     # second connection with the same certificate takes the first one's session over
     for admin in ("ops", "ops2", "ops3"):
         assert run("provisioning.cli", "cert", "issue", "admin", admin, "--fleet-dir", str(fleet)).returncode == 0
-    port = free_port()
-    conf = run("provisioning.cli", "broker", "config", "--out-dir", str(bdir), "--hostname", "localhost",
-               "--alt-name", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir", str(fleet))
-    assert conf.returncode == 0, conf.stderr
-    text = (bdir / "mosquitto.conf").read_text().replace("log_dest syslog", "log_dest stdout")
-    if os.geteuid() == 0:
-        text += f"user {pwd.getpwuid(0).pw_name}\n"
-    (bdir / "mosquitto.conf").write_text(text)
-    broker = Broker(bdir, port, FleetCA(fleet, DEMO_PASSPHRASE.encode()))
+    broker, url = fleet_broker(fleet, bdir, DEMO_PASSPHRASE)
     broker.start()
     try:
-        url = f"mqtts://127.0.0.1:{port}"
         common = ["--devices", "demo-node", "--broker", url, "--wait", "120", "--fleet-dir", str(fleet)]
         as_admin = [["--admin", a] for a in ("ops", "ops2", "ops3")]
         # the node is not running: the commands wait in its persistent session (the demo's first --broker

@@ -12,8 +12,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from edge.events.messages import OutboxStats
+from edge.sqlitedb import immediate, open_durable
 
 DEFAULT_MAX_ROWS = 10_000
 _COUNTERS = tuple(f.name for f in fields(OutboxStats) if f.name != "pending")
@@ -63,13 +64,9 @@ class Outbox:
         self._aead = AESGCM(key)
         self._clock = clock
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            os.chmod(path, 0o600)
-            self._db.execute("PRAGMA journal_mode=WAL")
             self._sync = "FULL" if durable else "OFF"
-            self._db.execute(f"PRAGMA synchronous={self._sync}")
+            self._db = open_durable(path, self._sync)
             self._db.executescript(_SCHEMA)
             self._db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(c,) for c in _COUNTERS])
             (enqueued,) = self._db.execute("SELECT value FROM counters WHERE name = 'enqueued'").fetchone()
@@ -89,20 +86,8 @@ class Outbox:
         if n:
             self._db.execute("UPDATE counters SET value = value + ? WHERE name = ?", (n, name))
 
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
-        """BEGIN IMMEDIATE .. COMMIT; any failure rolls back, so one failed write never leaves the
-        connection inside a transaction (which would jam every later write)."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._db.execute("COMMIT")
-            finally:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: {what} failed ({exc})") from None
+    def _transaction(self, what: str) -> AbstractContextManager[None]:
+        return immediate(self._db, lambda exc: OutboxError(f"{self.path}: {what} failed ({exc})"))
 
     def enqueue(self, topic: str, expires: float, build: Callable[[int], tuple[str, bytes]]) -> int:
         """Commit one message; `build(seq)` returns (event_id, payload) for the sequence number it gets.
