@@ -179,6 +179,7 @@ class Node:
         self.vault: EvidenceVault | None = None
         self.effectiveness = Effectiveness()
         self._in_use: str | None = None  # the deployment matching is running under, for start/end records
+        self._recorded: dict[str, Any] | None = None  # the last effectiveness record written
         self.ready = threading.Event()
 
     def _load_shard(self, store: ShardStore, analyzer: FaceAnalyzer) -> None:
@@ -308,8 +309,12 @@ class Node:
         self._in_use = now_in_use
 
     def _record_effectiveness(self) -> None:
-        if self.audit is not None and self.effectiveness.snapshot():
-            self.audit.append("effectiveness", self.effectiveness.record())
+        """An `effectiveness` record when the figures changed since the last one (faces seen are restored
+        from it at start); an idle node adds nothing to the log."""
+        record = self.effectiveness.record()
+        if self.audit is not None and record["deployments"] and record != self._recorded:
+            self.audit.append("effectiveness", record)
+            self._recorded = record
 
     def state_detail(self) -> dict[str, Any]:
         """What the retained state topic says besides online/offline and the outbox counters."""

@@ -245,7 +245,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
     """Order devices to destroy a deployment's evidence now (all of it, or that of days before --before):
     the day keys go first, then the rows; each device records the purge in its audit log and answers
     with what it destroyed. Exit codes as for `shard push`."""
-    before = None if args.before is None else format_time(parse_time(args.before))
+    try:
+        before = None if args.before is None else format_time(parse_time(args.before))
+    except TimeFormatError as exc:
+        raise FleetError(f"--before: {exc}") from None
     return _send(args, "purge", {"deployment_id": args.deployment, "before": before})
 
 
@@ -253,8 +256,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     """Report the human decision on an alert to the device that raised it: the device records the outcome
     and the reviewer ids in its audit log, counts it in the deployment's figures, and deletes its own copy
     of the evidence. Exit codes as for `shard push` (1 also when the device raised no such alert)."""
-    check_args("review", {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer})
-    return _send(args, "review", {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer})
+    review = {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer}
+    check_args("review", review)  # the device's own rules, before anything is signed or sent
+    return _send(args, "review", review)
 
 
 def cmd_deployment_report(args: argparse.Namespace) -> int:
@@ -370,19 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     fleet_arg(issue)
     issue.set_defaults(func=cmd_shard_issue)
-    push = shard_sub.add_parser("push", help="send a shard to devices over MQTT (signed command)",
-                                description=cmd_shard_push.__doc__)
-    push.add_argument("file", metavar="FILE", help="the shard file (from `shard issue`)")
-    push.add_argument("--devices", required=True, help="comma-separated device ids")
-    push.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
-    push.add_argument("--admin", help="which admin certificate to use (default: the only one)")
-    push.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the devices' answers")
-    push.add_argument("--lifetime-hours", type=float, default=24.0,
-                      help="how long the command stays valid and queued for an offline device (default 24)")
-    fleet_arg(push)
-    push.set_defaults(func=cmd_shard_push)
 
     def command_args(p: argparse.ArgumentParser) -> None:
+        """What every signed command to devices takes: who, through which broker, as which admin, how long."""
         p.add_argument("--devices", required=True, help="comma-separated device ids")
         p.add_argument("--broker", required=True, metavar="mqtts://HOST[:PORT]")
         p.add_argument("--admin", help="which admin certificate to use (default: the only one)")
@@ -390,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lifetime-hours", type=float, default=24.0,
                        help="how long the command stays valid and queued for an offline device (default 24)")
         fleet_arg(p)
+
+    push = shard_sub.add_parser("push", help="send a shard to devices over MQTT (signed command)",
+                                description=cmd_shard_push.__doc__)
+    push.add_argument("file", metavar="FILE", help="the shard file (from `shard issue`)")
+    command_args(push)
+    push.set_defaults(func=cmd_shard_push)
 
     purge = sub.add_parser("purge", help="order devices to destroy a deployment's evidence (signed command)",
                            description=cmd_purge.__doc__)

@@ -36,7 +36,7 @@ from provision_cable import TO_DEVICE, TO_TOOL, Cable, Fault
 from provision_world import PASS, AgentProc, Device, ToolProc, cli, make_fleet, ok
 
 from edge import cli as edge_cli
-from edge.audit import verify_log
+from edge.audit import AUDIT_FILE, verify_log
 from edge.config import load_config
 from edge.events.link import BrokerSettings
 from edge.events.service import EventService, shard_push_handler
@@ -148,6 +148,15 @@ def confirm(site: Site, tool: ToolProc, agent: AgentProc) -> str:
     return code
 
 
+def provision_once(site: Site) -> None:
+    """A first, successful provisioning; the agent then leaves provisioning mode and, idle, exits."""
+    first = site.agent("--linger", "1")
+    tool = site.provision()
+    confirm(site, tool, first)
+    assert tool.wait() == 0
+    assert first.proc.wait(15) == 0
+
+
 def in_force(device: Device) -> dict[str, str]:
     """The snapshot without the agent's scratch (stage and staged files), which a crash may leave until the
     agent's next start throws it away."""
@@ -185,7 +194,7 @@ def test_provisioned_device_connects_with_its_new_certificate_and_accepts_a_shar
     assert f"{cert.serial_number:x}" == record["cert_serial"]
 
     # the audit log records it, and the fleet's verifier accepts the log
-    audit = state / "audit" / "audit.jsonl"
+    audit = state / AUDIT_FILE
     out = ok("edge-fleet", "audit", "verify", str(audit), "--device", "cam-01", "--fleet-dir", str(site.fleet))
     assert "1 records, chain intact" in out
     line = json.loads(audit.read_text().splitlines()[0])
@@ -586,7 +595,7 @@ def test_power_cut_mid_commit_is_finished_at_the_next_start(site: Site) -> None:
     assert status["state"] == "provisioned" and status["findings"] == []
     assert not (site.device.state_dir / "provision" / "commit.json").exists()
     assert load_config(site.device.config).mqtt is not None
-    lines = (site.device.state_dir / "audit" / "audit.jsonl").read_text().splitlines()
+    lines = (site.device.state_dir / AUDIT_FILE).read_text().splitlines()
     assert [json.loads(x)["kind"] for x in lines] == ["provisioning"]
 
 
@@ -610,11 +619,7 @@ def test_a_failed_commit_ends_the_agent_and_its_next_start_finishes_it(site: Sit
 
 
 def test_provisioned_device_needs_a_valid_token_to_be_provisioned_again(site: Site, tmp_path: Path) -> None:
-    first = site.agent("--linger", "1")
-    tool = site.provision()
-    confirm(site, tool, first)
-    assert tool.wait() == 0
-    assert first.proc.wait(15) == 0  # left provisioning mode and, idle, exited
+    provision_once(site)
 
     status_only = site.agent()
     serial = site.check()["cert_serial"]
@@ -638,7 +643,7 @@ def test_provisioned_device_needs_a_valid_token_to_be_provisioned_again(site: Si
     assert again.wait() == 0, again.err.text
     assert not token_path.exists()  # used up
     assert site.check()["cert_serial"] != serial
-    audit = site.device.state_dir / "audit" / "audit.jsonl"
+    audit = site.device.state_dir / AUDIT_FILE
     events = [json.loads(x)["data"]["event"] for x in audit.read_text().splitlines()]
     assert events == ["provisioned", "reprovisioned"]
     assert verify_log(audit.read_bytes(), str(audit), ed25519_public(Fleet(site.fleet).device("cam-01").ed25519),
@@ -646,11 +651,7 @@ def test_provisioned_device_needs_a_valid_token_to_be_provisioned_again(site: Si
 
 
 def test_the_token_is_checked_again_at_provision_and_at_confirm(site: Site, tmp_path: Path) -> None:
-    first = site.agent("--linger", "1")
-    tool = site.provision()
-    confirm(site, tool, first)
-    assert tool.wait() == 0
-    assert first.proc.wait(15) == 0
+    provision_once(site)
     token_path = site.device.state_dir / "provision" / "reprovision.token"
 
     def issue(name: str) -> Path:
@@ -687,16 +688,12 @@ def test_the_token_is_checked_again_at_provision_and_at_confirm(site: Site, tmp_
     agent.out.wait_for("CONFIRM refused: ReprovisionTokenError")
     agent.out.wait_for("ended: refused; nothing was changed")
     assert without_token(site.device.snapshot()) == before
-    audit = site.device.state_dir / "audit" / "audit.jsonl"
+    audit = site.device.state_dir / AUDIT_FILE
     assert [json.loads(x)["data"]["event"] for x in audit.read_text().splitlines()] == ["provisioned"]
 
 
 def test_a_crash_before_the_marker_keeps_the_token_until_the_marker_records_it(site: Site, tmp_path: Path) -> None:
-    first = site.agent("--linger", "1")
-    tool = site.provision()
-    confirm(site, tool, first)
-    assert tool.wait() == 0
-    assert first.proc.wait(15) == 0
+    provision_once(site)
     token_path = site.device.state_dir / "provision" / "reprovision.token"
     ok("edge-fleet", "provision", "--issue-token", str(tmp_path / "t.token"), "--device-id", "cam-01",
        "--fleet-dir", str(site.fleet))
