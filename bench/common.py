@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -12,18 +11,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def devset_dir() -> Path:
-    """$EDGE_DEVSET, else shared/data/devset beside the repository (as laid out for CI)."""
-    return Path(os.environ.get("EDGE_DEVSET") or REPO.parent / "shared" / "data" / "devset")
+sys.path.insert(0, str(REPO / "tests"))
+from devset import DevsetMissingError, locate_devset  # noqa: E402  (one definition, shared with the tests)
+from devset import devset_path as devset_path  # noqa: E402  (re-exported for the bench scripts)
 
 
 def require_devset() -> Path | None:
-    """The devset directory, or None after saying on stderr where it was looked for."""
-    devset = devset_dir()
-    if (devset / "annotations.json").is_file():
-        return devset
-    print(f"devset not found at {devset} (set EDGE_DEVSET)", file=sys.stderr)
-    return None
+    """The devset directory (tests/data/devset or $EDGE_DEVSET), or None after saying on stderr how to get it."""
+    try:
+        return locate_devset()
+    except DevsetMissingError as exc:
+        print(exc, file=sys.stderr)
+        return None
 
 
 def median_seconds(fn: Callable[[], object], reps: int) -> float:

@@ -9,7 +9,7 @@
    scaled so its annotation box is ~40 / 50 / 60 px tall, the box scaled along), recall per plan and
    detector time per frame as a ratio to the whole-frame pass, measured interleaved in this run.
 
-usage: python3 bench/detection.py      (devset: $EDGE_DEVSET or <repo>/../shared/data/devset)
+usage: python3 bench/detection.py      (devset: tests/data/devset, or $EDGE_DEVSET)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ aligned chip, which separates the model port (weights, normalisation) from our a
 Latency is the embedder invoke alone, the three models interleaved, reported as a ratio to float32
 (median over rounds of each round's ratio), so a noisy shared machine does not bias one model.
 
-usage: python3 bench/fidelity.py      (devset: $EDGE_DEVSET or <repo>/../shared/data/devset)
+usage: python3 bench/fidelity.py      (devset: tests/data/devset, or $EDGE_DEVSET)
 """
 
 from __future__ import annotations

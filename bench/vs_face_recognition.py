@@ -13,7 +13,7 @@ Same machine, same run, interleaved rounds; every speed figure is a ratio of the
               one-to-one; clip: frames with a face detected / frames annotated as holding a face.
   agreement:  cosine between our embedding and dlib's for the same clip face (the same network, int8).
 
-The devset is found via $EDGE_DEVSET, default <repo>/../shared/data/devset.
+The devset is tests/data/devset (or $EDGE_DEVSET).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import face_recognition
 import numpy as np
-from common import devset_dir, require_devset
+from common import devset_path, require_devset
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, iou
 
-DEVSET = devset_dir()
+DEVSET = devset_path()
 CLIP = "videos/WolfgangLanger_Pexels.mp4"
 MIN_FACE_PX = 40
 IOUS = (0.5, 0.3)

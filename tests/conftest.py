@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from devset import DevsetMissingError, locate_devset
 from mqttworld import Broker, make_broker
 
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
@@ -17,12 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def devset_dir() -> Path:
-    """$EDGE_DEVSET, else shared/data/devset beside the repository (as laid out for CI)."""
-    env = os.environ.get("EDGE_DEVSET")
-    path = Path(env) if env else REPO.parent / "shared" / "data" / "devset"
-    if not (path / "annotations.json").is_file():
-        pytest.fail(f"development set not found at {path} (set EDGE_DEVSET)")
-    return path
+    """The development set (tests/data/devset, or $EDGE_DEVSET); if missing, fail with the command that restores it."""
+    try:
+        return locate_devset()
+    except DevsetMissingError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
