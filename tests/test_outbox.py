@@ -275,6 +275,76 @@ def test_expired_rows_are_removed_and_counted_never_returned(tmp_path: Path) -> 
     box.close()
 
 
+def test_a_held_row_is_not_sent_and_holds_back_what_follows_until_released(tmp_path: Path) -> None:
+    """An alert is committed held while the node records it: nothing from it on is handed to the
+    publisher (order kept), until it is released."""
+    box = Outbox(tmp_path / "outbox.db", KEY)
+    fill(box, 2)
+    held = box.enqueue(TOPIC, FAR, builder(), hold=True)
+    fill(box, 2, topic="edge/v1/cam-01/audit")  # a checkpoint committed meanwhile waits behind it
+    assert held == 3
+    assert [i.seq for i in box.next_batch(0, 10)] == [1, 2]
+    assert box.next_batch(2, 10) == [] and box.rows([3, 4]) == []
+    assert box.sendable() == 2 and box.stats().pending == 5
+    assert [(i.seq, i.event_id, i.payload) for i in box.held()] == [(3, "ev-3", payload_for(3))]
+    assert box.release(3) is True
+    assert [i.seq for i in box.next_batch(2, 10)] == [3, 4, 5]
+    assert box.held() == [] and box.sendable() == 5
+    assert box.release(3) is True and box.release(99) is False  # releasing again changes nothing
+    box.close()
+
+
+def test_held_rows_survive_reopen_expired_or_not_and_can_be_withdrawn(tmp_path: Path) -> None:
+    now = [1000.0]
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, KEY, clock=lambda: now[0])
+    box.enqueue(TOPIC, 1100.0, builder(), hold=True)
+    box.enqueue(TOPIC, FAR, builder(), hold=True)
+    box.enqueue(TOPIC, FAR, builder())
+    box.close()  # as a kill between commit and release leaves it
+    now[0] = 2000.0  # seq 1 is past its expiry
+    box = Outbox(path, KEY, clock=lambda: now[0])
+    assert [i.seq for i in box.held()] == [1, 2]  # found at start whatever their expiry: each is put on record
+    assert box.next_batch(0, 10) == []
+    assert box.withdraw(2) is True and box.withdraw(2) is False and box.withdraw(3) is False  # only held rows
+    assert box.stats().dropped == 1
+    assert box.release(1)
+    assert [i.seq for i in box.next_batch(0, 10)] == [3]  # the expired one is then dropped as any other
+    s = box.stats()
+    assert (s.pending, s.expired, s.dropped) == (1, 1, 1)
+    box.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE pending (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL,
+                      expires REAL NOT NULL, nonce BLOB NOT NULL, body BLOB NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_an_outbox_from_before_held_rows_opens_with_its_rows_sendable(tmp_path: Path) -> None:
+    """The migration adds the held column to an existing outbox.db; its rows stay sendable, in order."""
+    donor = Outbox(tmp_path / "donor.db", KEY)
+    fill(donor, 3)
+    donor.close()
+    path = tmp_path / "outbox.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_SCHEMA)
+    old.execute("ATTACH DATABASE ? AS donor", (str(tmp_path / "donor.db"),))
+    old.execute("INSERT INTO pending SELECT seq, event_id, topic, expires, nonce, body FROM donor.pending")
+    old.execute("INSERT INTO counters SELECT name, value FROM donor.counters")
+    old.commit()
+    old.close()
+    box = Outbox(path, KEY)
+    assert [(i.seq, i.payload) for i in box.next_batch(0, 10)] == [(s, payload_for(s)) for s in (1, 2, 3)]
+    assert box.held() == [] and box.stats().enqueued == 3
+    assert box.enqueue(TOPIC, FAR, builder(), hold=True) == 4
+    box.close()
+    box = Outbox(path, KEY)  # opening again migrates nothing more
+    assert [i.seq for i in box.held()] == [4] and box.sendable() == 3
+    box.close()
+
+
 CHILD = r"""
 import sys, time
 from pathlib import Path

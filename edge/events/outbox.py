@@ -4,6 +4,11 @@ SQLite in WAL mode with synchronous=FULL, in the node's state dir. Rows are encr
 the device storage key, bound to seq, topic and event id), so a copied database reveals nothing. Bounded:
 when full the oldest row is dropped and counted; rows past their expiry are dropped and counted rather
 than sent late. Counters survive restarts and are reported on the state topic.
+
+A row may be committed *held*: durable, but not to be sent until `release`. A match event is held while
+the node puts it on its own record (evidence vault, audit log), so no alert leaves without that record; a
+held row is a barrier, so nothing committed after it overtakes it. Held rows a crash left behind are found
+with `held()` at the next start and released (or withdrawn) before the link starts.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,10 +38,17 @@ CREATE TABLE IF NOT EXISTS pending (
     topic TEXT NOT NULL,
     expires REAL NOT NULL,
     nonce BLOB NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    held INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+# an outbox.db from before held rows: every row in it was sendable, which is what the default says
+_ADD_HELD = "ALTER TABLE pending ADD COLUMN held INTEGER NOT NULL DEFAULT 0"
+_HELD_INDEX = "CREATE INDEX IF NOT EXISTS pending_held ON pending (seq) WHERE held = 1"
+# the first held row: nothing from it on is sendable
+_BARRIER = "COALESCE((SELECT MIN(seq) FROM pending WHERE held = 1), 9223372036854775807)"
+_COLUMNS = "seq, event_id, topic, expires, nonce, body"
 
 
 class OutboxError(Exception):
@@ -68,11 +80,19 @@ class Outbox:
             self._sync = "FULL" if durable else "OFF"
             self._db = open_durable(path, self._sync)
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._db.executemany("INSERT OR IGNORE INTO counters VALUES (?, 0)", [(c,) for c in _COUNTERS])
             (enqueued,) = self._db.execute("SELECT value FROM counters WHERE name = 'enqueued'").fetchone()
             self._last_seq = int(enqueued)
         except sqlite3.Error as exc:
             raise OutboxError(f"{path}: cannot open the outbox ({exc})") from None
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older version up to this schema (idempotent)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
+        if "held" not in columns:
+            self._db.execute(_ADD_HELD)
+        self._db.execute(_HELD_INDEX)
 
     def close(self) -> None:
         with self._lock:
@@ -89,10 +109,12 @@ class Outbox:
     def _transaction(self, what: str) -> AbstractContextManager[None]:
         return immediate(self._db, lambda exc: OutboxError(f"{self.path}: {what} failed ({exc})"))
 
-    def enqueue(self, topic: str, expires: float, build: Callable[[int], tuple[str, bytes]]) -> int:
+    def enqueue(self, topic: str, expires: float, build: Callable[[int], tuple[str, bytes]],
+                hold: bool = False) -> int:
         """Commit one message; `build(seq)` returns (event_id, payload) for the sequence number it gets.
 
-        Returns the seq once the row is durable. When the outbox is full the oldest rows make room."""
+        Returns the seq once the row is durable. When the outbox is full the oldest rows make room. With
+        `hold`, the row (and every row after it) is not sent until `release(seq)`."""
         with self._lock, self._transaction("enqueue"):
             (enqueued,) = self._db.execute("SELECT value FROM counters WHERE name = 'enqueued'").fetchone()
             seq = int(enqueued) + 1
@@ -105,8 +127,8 @@ class Outbox:
                 self._bump("dropped", overflow)
             nonce = os.urandom(12)
             body = self._aead.encrypt(nonce, payload, self._aad(seq, topic, event_id))
-            self._db.execute("INSERT INTO pending VALUES (?, ?, ?, ?, ?, ?)", (seq, event_id, topic, expires, nonce,
-                                                                                 body))
+            self._db.execute(f"INSERT INTO pending ({_COLUMNS}, held) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (seq, event_id, topic, expires, nonce, body, int(hold)))
             self._bump("enqueued", 1)
         self._last_seq = seq
         return seq
@@ -117,35 +139,82 @@ class Outbox:
         return self._last_seq
 
     def next_batch(self, after_seq: int, limit: int) -> list[OutboxItem]:
-        """Up to `limit` rows with seq > after_seq, in order; expired and unreadable rows are removed
-        (and counted) instead of returned."""
+        """Up to `limit` rows with seq > after_seq, in order, stopping before the first held row; expired
+        and unreadable rows are removed (and counted) instead of returned."""
         with self._lock:
             try:
-                rows = self._db.execute("SELECT seq, event_id, topic, expires, nonce, body FROM pending "
-                                        "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM pending WHERE seq > ? AND seq < {_BARRIER} "
+                                        "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
             except sqlite3.Error as exc:
                 raise OutboxError(f"{self.path}: read failed ({exc})") from None
             return self._open_rows(rows)
 
     def rows(self, seqs: Iterable[int]) -> list[OutboxItem]:
-        """The given rows still pending, in seq order (to retry ones the broker refused)."""
+        """The given rows still pending and sendable (before the first held row), in seq order (to retry
+        ones the broker refused)."""
         wanted = sorted(set(seqs))
         with self._lock:
             try:
                 rows = [r for s in wanted for r in self._db.execute(
-                    "SELECT seq, event_id, topic, expires, nonce, body FROM pending WHERE seq = ?", (s,))]
+                    f"SELECT {_COLUMNS} FROM pending WHERE seq = ? AND seq < {_BARRIER}", (s,))]
             except sqlite3.Error as exc:
                 raise OutboxError(f"{self.path}: read failed ({exc})") from None
             return self._open_rows(rows)
 
-    def _open_rows(self, rows: list[Any]) -> list[OutboxItem]:
+    def held(self) -> list[OutboxItem]:
+        """Every held row, in order, expired or not (a crash between commit and release leaves them);
+        unreadable ones are removed and counted."""
+        with self._lock:
+            try:
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM pending WHERE held = 1 ORDER BY seq").fetchall()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: read failed ({exc})") from None
+            return self._open_rows(rows, drop_expired=False)
+
+    @contextmanager
+    def _relaxed(self) -> Iterator[None]:
+        """Commit without waiting for fsync (WAL, synchronous=NORMAL), for writes whose loss to power
+        failure only repeats work: an ack lost re-sends a row the consumer de-duplicates; a release lost
+        leaves a held row that the next start finds on the record and releases again."""
+        relax = self._sync == "FULL"
+        try:
+            if relax:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            yield
+        finally:
+            if relax:
+                self._db.execute(f"PRAGMA synchronous={self._sync}")
+
+    def release(self, seq: int) -> bool:
+        """A held row may be sent now; returns False if it is gone (dropped by the bound)."""
+        with self._lock, self._relaxed(), self._transaction(f"releasing row {seq}"):
+            cur = self._db.execute("UPDATE pending SET held = 0 WHERE seq = ?", (seq,))
+            return cur.rowcount > 0
+
+    def withdraw(self, seq: int) -> bool:
+        """Remove a held row that must never be sent (counted as dropped); False if it was not there."""
+        with self._lock, self._transaction(f"withdrawing row {seq}"):
+            cur = self._db.execute("DELETE FROM pending WHERE seq = ? AND held = 1", (seq,))
+            self._bump("dropped", cur.rowcount)
+            return cur.rowcount > 0
+
+    def sendable(self) -> int:
+        """Rows the publisher may send now (pending, before the first held row)."""
+        with self._lock:
+            try:
+                (n,) = self._db.execute(f"SELECT COUNT(*) FROM pending WHERE seq < {_BARRIER}").fetchone()
+            except sqlite3.Error as exc:
+                raise OutboxError(f"{self.path}: read failed ({exc})") from None
+        return int(n)
+
+    def _open_rows(self, rows: list[Any], drop_expired: bool = True) -> list[OutboxItem]:
         out: list[OutboxItem] = []
         now = self._clock()
         expired: list[int] = []
         unreadable: list[int] = []
         for seq, event_id, topic, expires, nonce, body in rows:
             try:
-                if expires <= now:
+                if drop_expired and expires <= now:
                     expired.append(seq)
                     continue
                 payload = self._aead.decrypt(nonce, body, self._aad(seq, topic, event_id))
@@ -167,23 +236,14 @@ class Outbox:
     def ack(self, seqs: Iterable[int]) -> int:
         """Remove rows the broker acknowledged; returns how many were still pending.
 
-        Committed without waiting for fsync (WAL, synchronous=NORMAL): a delete lost to power failure only
-        re-sends a row the consumer de-duplicates, while an insert lost would lose an event."""
+        Committed without waiting for fsync (see `_relaxed`), while an insert lost would lose an event."""
         batch = list(seqs)
         if not batch:
             return 0
-        with self._lock:
-            relax = self._sync == "FULL"
-            try:
-                if relax:
-                    self._db.execute("PRAGMA synchronous=NORMAL")
-                with self._transaction("ack"):
-                    cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in batch])
-                    removed = cur.rowcount
-                    self._bump("published", removed)
-            finally:
-                if relax:
-                    self._db.execute(f"PRAGMA synchronous={self._sync}")
+        with self._lock, self._relaxed(), self._transaction("ack"):
+            cur = self._db.executemany("DELETE FROM pending WHERE seq = ?", [(s,) for s in batch])
+            removed = cur.rowcount
+            self._bump("published", removed)
         return removed
 
     def stats(self) -> OutboxStats:
