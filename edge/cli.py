@@ -1,4 +1,4 @@
-"""`edge-node`: the device's command line (demo, faces, keygen, trust, shard)."""
+"""`edge-node`: the device's command line (demo, run, faces, keygen, cert, trust, shard, config)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from edge.audit import AuditError, AuditLog
-from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR, ConfigError, parse_tiles
+from edge.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_STATE_DIR,
+    DEFAULT_TILES,
+    DEMO_TILES,
+    ConfigError,
+    StaleReferenceError,
+    parse_tiles,
+    reference_markdown,
+    replace_reference,
+)
 from edge.events.link import BrokerURLError
 from edge.identity import IdentityError, create_identity, load_identity
 from edge.node import NodeError
@@ -32,7 +42,7 @@ from edge.watchlist.loader import DEFAULT_MAX_SHARD_BYTES
 from edge.watchlist.store import ShardStore, StoreError
 
 
-def _vision_args(p: argparse.ArgumentParser, tiles: str = "crowd") -> None:
+def _vision_args(p: argparse.ArgumentParser, tiles: str = DEFAULT_TILES) -> None:
     g = p.add_argument_group("vision")
     g.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     g.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
@@ -124,7 +134,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The node service: camera, vision, matching inside the signed deployment, match events over MQTT.
-    Runs until SIGTERM (systemd) or Ctrl-C, or until a finite replay ends."""
+    Runs until SIGTERM (systemd) or Ctrl-C, or until a finite replay ends. The configuration needs an [mqtt]
+    table (broker, operator_key): alerts reach the fleet only through the broker. Without one the node
+    refuses to start, unless --print-events is given for a local trial (events printed, nothing sent).
+    Every key: `edge-node config reference` or docs/node.md."""
     import signal
     import threading
 
@@ -168,6 +181,28 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    """Every table and key of node.toml: type, default, allowed values, meaning, generated from the parser's
+    own definitions (edge/config.py). Prints Markdown; --write FILE replaces the generated section of FILE
+    (docs/node.md); --check FILE exits 1 if that section is out of date."""
+    if args.write is None and args.check is None:
+        sys.stdout.write(reference_markdown())
+        return 0
+    path = Path(args.write or args.check)
+    text = path.read_text()
+    updated = replace_reference(text, str(path))
+    if args.check is not None:
+        if updated != text:
+            print(f"edge-node config reference: {path}: the configuration reference is out of date; run "
+                  f"`edge-node config reference --write {path}`", file=sys.stderr)
+            return 1
+        return 0
+    if updated != text:
+        path.write_text(updated)
+    print(f"{path}: configuration reference {'updated' if updated != text else 'already up to date'}")
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     """Create this device's X25519 and Ed25519 keys (never overwriting) and print its public identity."""
     device_id = args.device_id or socket.gethostname().split(".")[0].lower()
@@ -182,9 +217,13 @@ def cmd_cert(args: argparse.Namespace) -> int:
     ident = load_identity(args.state_dir)
     tls = DeviceTLS(args.state_dir)
     if args.cert_command == "request":
-        csr = tls.request(ident.device_id)
-        print(f"{csr}\ncertify it on the fleet side: edge-fleet cert issue device {ident.device_id} --csr "
-              f"{csr.name} --fleet-dir F")
+        csr = tls.request(ident.device_id).absolute()
+        dev, state = ident.device_id, Path(args.state_dir).absolute()
+        print(f"{csr}\n"
+              f"next, where the fleet directory is (copy the CSR there if that is another machine):\n"
+              f"  edge-fleet cert issue device {dev} --csr {csr} --out {dev}.crt --fleet-dir FLEET_DIR\n"
+              f"then here, with the certificate and the fleet's FLEET_DIR/ca/ca.crt:\n"
+              f"  edge-node cert install {dev}.crt --ca ca.crt --state-dir {state}")
     else:
         cert = tls.install(ident.device_id, Path(args.cert).read_bytes(), Path(args.ca).read_bytes())
         print(f"installed {tls.cert} (CN {ident.device_id}, until {format_time(cert.not_valid_after_utc)}) and "
@@ -250,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run bundled real footage against a demo watch list",
                           description=cmd_demo.__doc__)
-    _vision_args(demo, tiles="off")  # the bundled footage is close-up: one whole-frame pass finds every face
+    _vision_args(demo, tiles=DEMO_TILES)
     demo.add_argument("--broker", metavar="mqtts://HOST[:PORT]",
                       help="also publish to this broker (configured from the demo fleet: docs/mqtt.md)")
     demo.add_argument("--demo-dir", help="where the demo keeps its fleet and node (default "
@@ -258,9 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="run the node service", description=cmd_run.__doc__)
     run.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"node configuration (default {DEFAULT_CONFIG})")
-    run.add_argument("--print-events", action="store_true", help="also print each match event as a JSON line")
+    run.add_argument("--print-events", action="store_true",
+                     help="also print each match event as a JSON line; the only way to run without [mqtt]")
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
+    config = sub.add_parser("config", help="the node's configuration file", description="node.toml.")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    reference = config_sub.add_parser("reference", help="every configuration key, from the code's definitions",
+                                      description=cmd_config_reference.__doc__)
+    where = reference.add_mutually_exclusive_group()
+    where.add_argument("--write", metavar="FILE", help="replace the generated section of FILE (docs/node.md)")
+    where.add_argument("--check", metavar="FILE", help="exit 1 if FILE's generated section is out of date")
+    reference.set_defaults(func=cmd_config_reference)
     purge = sub.add_parser("purge", help="destroy evidence past its retention (the retention timer)",
                            description=cmd_purge.__doc__)
     purge.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"node configuration (default {DEFAULT_CONFIG})")
@@ -330,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError, ConfigError,
-            NodeError, BrokerURLError, VaultError, AuditError) as exc:
+            NodeError, BrokerURLError, VaultError, AuditError, StaleReferenceError) as exc:
         print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -345,8 +345,9 @@ class Node:
         camera = "" if self.camera is None else f"; camera {self.camera.status().state}"
         link = "" if self.events is None else (
             "; mqtt " + ("up" if self.events.link.health().connected else "down"))
-        return (f"{p.fps:.1f} fps, {c['faces']} faces, {c['alerts']} alerts, {c['discarded']} discarded; "
-                f"{shard}; {matching}{camera}{link}")
+        matched = c["faces"] - c["below_quality"] - c["discarded"]  # the three parts of `faces` (docs/node.md)
+        return (f"{p.fps:.1f} fps, {c['faces']} faces ({c['below_quality']} low quality, {c['discarded']} no match, "
+                f"{matched} matched), {c['alerts']} alerts; {shard}; {matching}{camera}{link}")
 
     def run(self, stop: threading.Event) -> int:
         if self.harden:
