@@ -23,7 +23,7 @@ from edge.vision.runtime import limit_blas_threads
 from provisioning.broker import BrokerConfig
 from provisioning.ca import CertificateError, FleetCA
 from provisioning.commands import sign_command
-from provisioning.console import EventTail, FleetClient, publish_commands, run_tail
+from provisioning.console import NOT_QUEUED, REFUSED_BY_BROKER, EventTail, FleetClient, publish_commands, run_tail
 from provisioning.fleet import Fleet, FleetError, passphrase
 from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
 from provisioning.reports import AuditSource, deployment_report
@@ -214,7 +214,9 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
 def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int:
     """Sign one command per device, publish, and print each device's signed answer as a JSON line.
     Exit 0: all done; 1: a device refused or failed it (the answer says why); 3: a device did not answer in
-    time (the command waits in its session until it expires); 4: the broker refused to take the command."""
+    time (the command waits in its session until it expires); 4: the broker refused to take the command;
+    5: a command is not queued for a device (it has no session at the broker: it never connected, or its
+    session expired), so nobody will get it: bring the device online once, then run the command again."""
     fleet = Fleet(args.fleet_dir)
     commands = {}
     lifetime = timedelta(hours=args.lifetime_hours)
@@ -229,15 +231,22 @@ def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int
                           "reason": r.reason, "detail": r.detail}))
     if all(r.ok for r in results):
         return 0
-    if any(r.code == "refused-by-broker" for r in results):
+    if any(r.code == REFUSED_BY_BROKER for r in results):
         return 4
+    if any(r.code == NOT_QUEUED for r in results):
+        return 5
     return 1 if all(r.answered for r in results) else 3
 
 
 def cmd_shard_push(args: argparse.Namespace) -> int:
-    """Send a shard to devices as a signed shard-push command and report each device's signed answer.
-    Exit 0: all accepted; 1: a device refused it (the answer says why); 3: a device did not answer in time
-    (the command waits in its session until it expires); 4: the broker refused to take the command."""
+    """Send a shard to devices as a signed shard-push command and report each device's signed answer. The
+    command is published retained: the broker keeps it as each device's desired shard until it expires, and a
+    device gets it whenever it connects, also for the first time or after its session expired (a device that
+    has the shard in force already answers done). Exit 0: all accepted; 1: a device refused it (the answer says
+    why); 3: a device did not answer in time (the shard waits at the broker for it until the command expires);
+    4: the broker refused to take the command; 5: not queued: the broker did not acknowledge it (purge and
+    review also exit 5 when a device has no session at the broker, as nobody would get them: bring the device
+    online once, then send them again)."""
     return _send(args, "shard-push", shard_push_args(Path(args.file).read_bytes()))
 
 
@@ -382,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--admin", help="which admin certificate to use (default: the only one)")
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the devices' answers")
         p.add_argument("--lifetime-hours", type=float, default=24.0,
-                       help="how long the command stays valid and queued for an offline device (default 24)")
+                       help="how long the command stays valid and queued for an offline device (default 24, "
+                       "at most 168); for shard push also how long the broker keeps it as the desired shard")
         fleet_arg(p)
 
     push = shard_sub.add_parser("push", help="send a shard to devices over MQTT (signed command)",

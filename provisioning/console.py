@@ -25,8 +25,15 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.events.commands import RETAINED_VERBS
 from edge.events.evidence import EvidenceError, open_evidence
-from edge.events.link import BrokerSettings, connect_properties, publish_properties, tls_client
+from edge.events.link import (
+    NO_MATCHING_SUBSCRIBERS,
+    BrokerSettings,
+    connect_properties,
+    publish_properties,
+    tls_client,
+)
 from edge.events.messages import (
     COMMAND_RESULT,
     MATCH_EVENT,
@@ -216,6 +223,11 @@ def run_tail(client: FleetClient, tail: EventTail, out: TextIO, count: int | Non
     return tail.counts
 
 
+NOT_QUEUED = "not-queued"  # PushResult.code: the broker holds the command for nobody (or did not say it took it)
+REFUSED_BY_BROKER = "refused-by-broker"
+NO_ANSWER = "no-answer"
+
+
 @dataclass(frozen=True)
 class PushResult:
     device_id: str
@@ -227,11 +239,65 @@ class PushResult:
     detail: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """What the broker's PUBACK says became of one command (reason code None: no PUBACK yet)."""
+
+    device_id: str
+    verb: str
+    retained: bool
+    code: int | None
+    lifetime: timedelta
+
+    @property
+    def refused(self) -> bool:
+        return self.code is not None and self.code >= 0x80
+
+    @property
+    def reaches_nobody(self) -> bool:
+        """0x10 on a one-shot command: no session subscribes to the topic, so the broker dropped it."""
+        return self.code == NO_MATCHING_SUBSCRIBERS and not self.retained
+
+    @property
+    def held(self) -> bool:
+        """The broker keeps it for the device: queued in its session, and/or retained as its desired state."""
+        return self.code is not None and self.code < 0x80 and not self.reaches_nobody
+
+    def _hours(self) -> str:
+        return f"{self.lifetime.total_seconds() / 3600:g} h"
+
+    def where(self) -> str:
+        """Where the command waits, in words (only for a held command)."""
+        if not self.retained:
+            return f"the command waits in {self.device_id}'s session until it expires ({self._hours()})"
+        kept = f"the broker keeps it as {self.device_id}'s desired shard (retained) until it expires ({self._hours()})"
+        if self.code == NO_MATCHING_SUBSCRIBERS:
+            return (f"{self.device_id} has no session at the broker yet (never connected, or its session expired): "
+                    f"{kept}, and the device loads it when it connects")
+        return f"{kept}; if the device is away it is queued in its session too"
+
+    def taken(self) -> str:
+        """The progress line once the broker has answered."""
+        if self.reaches_nobody:
+            return f"NOT queued: {self.not_queued()}"
+        return f"taken by the broker: {self.where()}"
+
+    def not_queued(self) -> str:
+        if self.code is None:
+            return ("the broker did not acknowledge the command, so it may not have taken it: check the broker "
+                    "and run the command again")
+        return (f"the broker has no session for {self.device_id} (it has never connected, or its session expired), "
+                "so nobody will get this command. Start the device so that it connects once (that creates its "
+                "session), or wait until it is online, then run the command again")
+
+
 def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
                      wait: float, lifetime: timedelta, progress: TextIO | None = None) -> list[PushResult]:
     """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
-    devices' signed answers on cmd-result for up to `wait` seconds. With `progress`, a line says when the
-    broker has taken each command (from then on it is queued for a device that is away)."""
+    devices' signed answers on cmd-result for up to `wait` seconds. Verbs in RETAINED_VERBS are published
+    retained: the device's desired state, which the broker keeps even for a device that has no session yet.
+    With `progress`, a line says what the broker did with each command: queued for a device that is away,
+    kept as its desired state, or taken for nobody (0x10 on a one-shot command: no session exists)."""
     lock = threading.Condition()
     answers: dict[str, dict[str, Any]] = {}
     broker_said: dict[int, int] = {}
@@ -246,7 +312,7 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
             return  # not an answer we can trust; the device's own answer will still come
         if body.get("command_id") in wanted and wanted[body["command_id"]] == device:
             with lock:
-                answers[body["command_id"]] = body
+                answers.setdefault(body["command_id"], body)  # the first answer; a later replay answer is not it
                 lock.notify()
 
     def on_publish(_c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
@@ -261,27 +327,28 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
         client.client.subscribe(DeviceTopics(dev).command_result, qos=1)
     mids: dict[str, int] = {}
     for dev, (verb, _cid, envelope) in commands.items():
-        info = client.client.publish(DeviceTopics(dev).command(verb), envelope, qos=1,
+        info = client.client.publish(DeviceTopics(dev).command(verb), envelope, qos=1, retain=verb in RETAINED_VERBS,
                                      properties=publish_properties(int(lifetime.total_seconds())))
         mids[dev] = info.mid
     deadline = time.monotonic() + wait
 
+    def delivery(dev: str) -> Delivery:
+        verb = commands[dev][0]
+        return Delivery(dev, verb, verb in RETAINED_VERBS, broker_said.get(mids[dev]), lifetime)
+
     def settled() -> bool:
-        for dev, (_v, cid, _e) in commands.items():
-            code = broker_said.get(mids[dev])
-            if cid not in answers and (code is None or code < 0x80):
-                return False
-        return True
+        return all(cid in answers or (delivery(dev).code is not None and not delivery(dev).held)
+                   for dev, (_v, cid, _e) in commands.items())
 
     told: set[str] = set()
 
     def tell() -> None:
         for dev, (verb, cid, _e) in commands.items():
-            code = broker_said.get(mids[dev])
-            if progress is not None and dev not in told and code is not None and code < 0x80:
+            d = delivery(dev)
+            if progress is not None and dev not in told and d.code is not None and not d.refused:
                 told.add(dev)
-                progress.write(f"{verb} {cid} for {dev}: taken by the broker; waiting up to {wait:.0f} s for the "
-                               "device's answer\n")
+                wait_note = f"; waiting up to {wait:.0f} s for the device's answer" if d.held else ""
+                progress.write(f"{verb} {cid} for {dev}: {d.taken()}{wait_note}\n")
                 progress.flush()
 
     with lock:
@@ -292,16 +359,17 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
     out = []
     for dev, (_verb, cid, _e) in commands.items():
         a = answers.get(cid)
-        code = broker_said.get(mids[dev])
+        d = delivery(dev)
         if a is not None:
             out.append(PushResult(dev, cid, True, bool(a["ok"]), str(a["code"]), str(a["reason"]),
                                   dict(a["detail"])))
-        elif code is not None and code >= 0x80:
-            out.append(PushResult(dev, cid, False, False, "refused-by-broker",
-                                  f"the broker refused the command (reason 0x{code:02x}): is this admin in the "
+        elif d.refused:
+            out.append(PushResult(dev, cid, False, False, REFUSED_BY_BROKER,
+                                  f"the broker refused the command (reason 0x{d.code:02x}): is this admin in the "
                                   "broker's ACL? (`edge-fleet broker config`, then SIGHUP mosquitto)", {}))
+        elif not d.held:
+            out.append(PushResult(dev, cid, False, False, NOT_QUEUED, d.not_queued(), {}))
         else:
-            out.append(PushResult(dev, cid, False, False, "no-answer",
-                                  f"no answer within {wait:.0f} s; the command waits in the device's session "
-                                  f"until it expires ({int(lifetime.total_seconds() // 3600)} h)", {}))
+            out.append(PushResult(dev, cid, False, False, NO_ANSWER,
+                                  f"no answer within {wait:.0f} s; {d.where()}", {}))
     return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from mqttworld import Broker, Peer, make_broker, wait_for
 
+from edge.events.link import NO_MATCHING_SUBSCRIBERS
 from edge.events.topics import DeviceTopics
 
 NOT_AUTHORIZED = 0x87
@@ -121,3 +122,44 @@ def test_certificate_cannot_take_over_another_client_id(broker: Broker) -> None:
     intruder.disconnect()
     intruder.loop_stop()
     cam1.close()
+
+
+def test_only_admins_set_a_devices_retained_desired_state_and_only_that_device_reads_it(tmp_path: Path) -> None:
+    """The desired shard is the signed shard-push command kept retained on the device's command topic: an admin
+    may set it (even before the device has ever connected), the device reads it when it subscribes, and
+    neither the device itself, another device nor an operator can read, replace or clear it."""
+    broker = make_broker(tmp_path / "b")
+    broker.start()
+    topic = DeviceTopics("cam-01").command("shard-push")
+    peers: list[Peer] = []
+    try:
+        admin = Peer(broker, "admin.ops").connect()
+        peers.append(admin)
+        info = admin.client.publish(topic, b"desired-v1", qos=1, retain=True)
+        assert wait_for(lambda: info.mid in admin.acks)
+        assert admin.acks[info.mid] == NO_MATCHING_SUBSCRIBERS  # nobody subscribes yet: retained all the same
+        for cn in ("cam-01", "cam-02", "operator.console"):
+            p = Peer(broker, cn).connect()
+            peers.append(p)
+            attempts = [p.client.publish(topic, b"", qos=1, retain=True),  # clear it
+                        p.client.publish(topic, b"forged", qos=1, retain=True)]  # replace it
+            assert wait_for(lambda p=p, attempts=attempts: all(a.mid in p.acks for a in attempts))
+            assert [p.acks[a.mid] for a in attempts] == [NOT_AUTHORIZED, NOT_AUTHORIZED], cn
+        cam2 = Peer(broker, "cam-02").connect().subscribe(DeviceTopics("cam-01").command_filter)
+        op = Peer(broker, "operator.console").connect().subscribe(DeviceTopics("cam-01").command_filter)
+        peers += [cam2, op]
+        cam1 = Peer(broker, "cam-01").connect().subscribe(DeviceTopics("cam-01").command_filter)
+        peers.append(cam1)
+        assert wait_for(lambda: bool(cam1.messages))
+        (got,) = cam1.messages
+        assert (got.topic, got.payload, got.retain) == (topic, b"desired-v1", True)
+        # mosquitto grants the subscription and filters on delivery: a round trip on each connection after
+        # its SUBACK (the broker answers in order) shows that nothing was delivered to them before it
+        for p in (cam2, op):
+            barrier = p.client.publish(DeviceTopics("cam-02").state, b"x", qos=1)  # allowed or not: answered
+            assert wait_for(lambda p=p, barrier=barrier: barrier.mid in p.acks)
+        assert cam2.messages == [] and op.messages == []
+    finally:
+        for p in peers:
+            p.close()
+        broker.stop()

@@ -253,7 +253,13 @@ def test_expired(world: World) -> None:
 
 
 def test_valid_for_longer_than_seven_days(world: World) -> None:
-    too_long = sign(world, body(issued=AT - HOUR, lifetime=MAX_VALIDITY + timedelta(seconds=1)))
+    with pytest.raises(CommandFormatError, match="at most 168 hours"):  # the builder refuses it
+        body(issued=AT - HOUR, lifetime=MAX_VALIDITY + timedelta(seconds=1))
+    with pytest.raises(CommandFormatError, match="more than 0"):
+        body(lifetime=timedelta(0))
+    b = body(issued=AT - HOUR)  # a fleet signing whatever it likes: the device refuses it
+    b["expires"] = format_time(AT - HOUR + MAX_VALIDITY + timedelta(seconds=1))
+    too_long = sign(world, b)
     with pytest.raises(CommandFormatError, match="7 days"):
         verifier(world).verify(TOPICS.command("config"), too_long, AT)
     just = sign(world, body(issued=AT - HOUR, lifetime=MAX_VALIDITY))
@@ -492,3 +498,68 @@ def test_a_successful_handler_detail_is_in_the_result(world: World) -> None:
     (line,) = rig.journal()
     assert json.loads(line)["ok"] is True and "fps" not in line
     assert list(rig.service.seen.load(AT)) == [cid]
+
+
+# -- the retained desired state: a shard push the broker shows again on every subscription --
+def test_a_retained_copy_of_a_command_taken_before_is_let_go_quietly(world: World) -> None:
+    calls: list[str] = []
+    rig = Rig(world, {"config": lambda c: calls.append(c.command_id) or {}})
+    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}})
+    first = rig.service.handle(TOPICS.command("config"), data, retained=True)  # a new id: runs, answered
+    assert (first.ok, first.code, first.answered) == (True, "ok", True)
+    again = rig.service.handle(TOPICS.command("config"), data, retained=True)  # the broker shows it again
+    assert (again.command_id, again.ok, again.answered) == (cid, True, False)
+    assert calls == [cid] and len(rig.results()) == 1 and len(rig.journal()) == 1 and rig.notified == 1
+    # the same id without the retain flag is a redelivery or a re-publish: answered as a replay, as before
+    replay = rig.service.handle(TOPICS.command("config"), data)
+    assert (replay.code, replay.answered) == ("CommandReplayError", True)
+    assert [r["code"] for r in rig.results()] == ["ok", "CommandReplayError"] and calls == [cid]
+
+
+def test_a_tampered_retained_command_is_refused_and_answered(world: World) -> None:
+    rig = Rig(world, {"config": lambda c: {}})
+    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}})
+    assert rig.service.handle(TOPICS.command("config"), data, retained=True).ok
+    # a copy of that very command with its signature altered: the signature check comes before the replay
+    # check, so it is not mistaken for the desired state seen again
+    for bad in (flip_signature(data), sign(world, body(), Ed25519PrivateKey.generate())):
+        out = rig.service.handle(TOPICS.command("config"), bad, retained=True)
+        assert out.answered and not out.ok and out.code in ("BadSignatureError", "UnknownSignerError")
+    assert [r["code"] for r in rig.results()] == ["ok", "BadSignatureError", "UnknownSignerError"]
+    assert list(rig.service.seen.load(AT)) == [cid]
+
+
+def test_a_shard_push_of_the_shard_in_force_is_done_without_reloading(world: World) -> None:
+    from edge.events.service import shard_push_handler
+    from edge.watchlist.loader import AcceptedShard
+
+    accepted: list[AcceptedShard] = []
+    rig = Rig(world, {"shard-push": shard_push_handler(world.store, world.model, accepted.append)})
+    v1, v2 = world.issue().read_bytes(), world.issue().read_bytes()
+
+    def push(shard: bytes, retained: bool = False) -> dict[str, Any]:
+        _cid, data = sign_command(world.fleet, "cam-01", "shard-push", shard_push_args(shard))
+        out = rig.service.handle(TOPICS.command("shard-push"), data, retained)
+        assert out.answered
+        return {"ok": out.ok, "code": out.code, **out.detail}
+
+    try:
+        assert push(v1, retained=True) == {"ok": True, "code": "ok", "shard_id": "dep-test", "version": 1,
+                                           "entries": 5, "deployment_id": "dep-test", "already_in_force": False}
+        same = push(v1)  # pushed again under a new command: checked again, nothing reloaded
+        assert (same["ok"], same["version"], same["already_in_force"]) == (True, 1, True)
+        assert len(accepted) == 1
+        newer = push(v2, retained=True)
+        assert (newer["ok"], newer["version"], newer["already_in_force"]) == (True, 2, False)
+        assert len(accepted) == 2
+        older = push(v1)
+        assert (older["ok"], older["code"]) == (False, "ShardRollbackError")
+        assert world.store.state()["current"]["version"] == 2 and len(accepted) == 2
+        # the node's stored shard is what counts: one whose payload no longer verifies is not "in force"
+        broken = bytearray(v2)
+        broken[-1] ^= 1
+        out = push(bytes(broken))
+        assert (out["ok"], out["code"]) == (False, "ShardPayloadError")
+    finally:
+        for a in accepted:
+            a.gallery.wipe()

@@ -244,7 +244,7 @@ def test_a_failing_callback_does_not_kill_the_link(world: World, broker: Broker,
                                                    admin: Peer) -> None:
     node = Node(world, broker)
 
-    def explode(_t: str, _p: bytes, _ack: object) -> None:
+    def explode(_t: str, _p: bytes, _ack: object, _retained: bool) -> None:
         raise RuntimeError("handler bug")
 
     node.service.link._on_command = explode

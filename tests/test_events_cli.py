@@ -62,8 +62,8 @@ def site(tmp_path: Path) -> Iterator[Site]:
     ok("edge-fleet", "broker", "config", "--out-dir", str(bdir), "--hostname", "localhost", "--alt-name",
        "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir", str(f))
     conf = bdir / "mosquitto.conf"
-    text = conf.read_text().replace("log_dest syslog", "log_dest stdout")
-    if os.geteuid() == 0:  # the test's temp dirs are private; production runs as the mosquitto user
+    text = conf.read_text()  # it logs to stderr, which Broker keeps in mosquitto.log
+    if os.geteuid() == 0:  # the test's temp dirs are private (test_fleet_cli drops to the mosquitto user)
         text += f"user {pwd.getpwuid(0).pw_name}\n"
     conf.write_text(text)
     os.environ["EDGE_FLEET_PASSPHRASE"] = PASS
@@ -161,5 +161,94 @@ def test_shard_push_is_answered_by_the_node(site: Site, tmp_path: Path) -> None:
     assert first["ok"] and first["detail"]["version"] == 1 and first["detail"]["entries"] == 2
     assert len(accepted) == 1 and accepted[0].manifest.version == 1
     accepted[0].gallery.wipe()
+    # the same shard again (say, a re-run for the devices that did not answer): it is in force already, which
+    # is what the admin asked for; checked again, not loaded or recorded twice
     second = json.loads(again.stdout)
-    assert again.returncode == 1 and second["code"] == "ShardReplayError"  # same shard again: refused, said why
+    assert again.returncode == 0, again.stdout
+    assert second["ok"] and second["detail"]["already_in_force"] is True and second["detail"]["version"] == 1
+    assert len(accepted) == 1
+
+
+def test_a_command_before_the_devices_first_connection_is_not_reported_queued(site: Site, tmp_path: Path) -> None:
+    """The device has never connected, so the broker holds no session for it: a one-shot command reaches
+    nobody (PUBACK 0x10) and says so (exit 5); a shard push is kept retained as the device's desired shard
+    (exit 3), and the device loads it when it connects for the first time."""
+    purge = run("edge-fleet", "purge", "--deployment", "dep-1", "--devices", "cam-01", "--broker", site.url,
+                "--wait", "30", "--fleet-dir", str(site.fleet))
+    assert purge.returncode == 5, purge.stderr
+    result = json.loads(purge.stdout)
+    assert result["code"] == "not-queued" and not result["ok"]
+    assert "no session for cam-01" in result["reason"] and "nobody will get this command" in result["reason"]
+    assert "run the command again" in result["reason"]
+    assert "NOT queued" in purge.stderr and "taken by the broker" not in purge.stderr
+
+    ok("edge-fleet", "watchlist", "build", str(FOOTAGE), "--meta", str(EXAMPLES / "watchlist.csv"),
+       "--name", "stadium", "--fleet-dir", str(site.fleet))
+    shard = tmp_path / "s.shard"
+    ok("edge-fleet", "shard", "issue", "--deployment", str(deploy(tmp_path)), "--devices", "cam-01",
+       "--out", str(shard), "--fleet-dir", str(site.fleet))
+    push = run("edge-fleet", "shard", "push", str(shard), "--devices", "cam-01", "--broker", site.url,
+               "--wait", "1", "--fleet-dir", str(site.fleet))
+    assert push.returncode == 3, push.stderr
+    pushed = json.loads(push.stdout)
+    assert pushed["code"] == "no-answer" and "no session at the broker yet" in pushed["reason"]
+    assert "desired shard (retained)" in pushed["reason"] and "loads it when it connects" in pushed["reason"]
+    assert "taken by the broker" in push.stderr
+
+    accepted: list[AcceptedShard] = []
+    svc = node_service(site, accepted)
+    svc.start()
+    try:
+        assert wait_for(lambda: len(accepted) == 1, timeout=30)
+    finally:
+        svc.stop()
+    assert accepted[0].manifest.version == 1 and ShardStore(site.node).state()["current"]["version"] == 1
+    accepted[0].gallery.wipe()
+    answered = [json.loads(line) for line in (site.node / "commands" / "journal.jsonl").read_text().splitlines()]
+    assert [(a["command_id"], a["ok"]) for a in answered] == [(pushed["command_id"], True)]  # the purge: never came
+
+
+def test_tail_stops_on_sigterm_as_on_ctrl_c_and_prints_every_documented_field(site: Site, tmp_path: Path) -> None:
+    """`kill` (systemd, a container stop) ends `events tail` with its summary, as Ctrl-C does; each field
+    it printed is one docs/mqtt.md describes."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    tail(site, tmp_path, 1)  # the console's persistent session: events wait at the broker for it
+    svc = node_service(site, [])
+    svc.start()
+    ids = [svc.emit(draft(i), b"\xff\xd8 crop %d" % i, context=b"\xff\xd8 wider %d" % i) for i in range(2)]
+    assert wait_for(lambda: svc.outbox.stats().pending == 0)
+    svc.stop()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioning.cli", "events", "tail", "--broker", site.url, "--evidence-dir",
+         str(tmp_path / "ev"), "--fleet-dir", str(site.fleet)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "EDGE_FLEET_PASSPHRASE": PASS})
+    assert proc.stdout is not None and proc.stderr is not None
+    lines: list[dict[str, object]] = []
+    reader = threading.Thread(target=lambda: lines.extend(json.loads(x) for x in proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        assert wait_for(lambda: len(lines) == 2, timeout=60), proc.stderr.read() if proc.poll() is not None else ""
+        assert proc.poll() is None  # still tailing: only the signal ends it
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    summary = json.loads(proc.stderr.read().strip().splitlines()[-1])["summary"]
+    assert summary == {"received": 2, "printed": 2, "duplicates": 0, "rejected": 0}
+    assert [x["event_id"] for x in lines] == ids
+
+    section = Path(__file__).resolve().parents[1].joinpath("docs", "mqtt.md").read_text()
+    section = section[section.index("### `events tail`"):]
+    section = section[:section.index("\n## ")]
+    printed = set(lines[0]) | {f"evidence.{k}" for k in lines[0]["evidence"]}  # type: ignore[union-attr]
+    printed |= {f"context.{k}" for k in lines[0]["context"]}  # type: ignore[union-attr]
+    for field in sorted(printed):
+        assert f"`{field.split('.')[-1]}`" in section, f"events tail prints {field}: not in docs/mqtt.md"
+    assert str(lines[0]["context"]["file"]).endswith("-context.jpg")  # type: ignore[index]

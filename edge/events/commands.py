@@ -5,6 +5,12 @@ Wire format (the one definition; `provisioning` builds commands with `command_bo
 envelope {"signatures": [...], "signed": body} with body
     {type: "edge-command", schema: 1, fleet, command_id (UUIDv7), device_id, verb, issued, expires, args}
 published on edge/v1/<device>/cmd/<verb>. The device answers on edge/v1/<device>/cmd-result.
+
+A shard push is the device's desired state as well as a command: it is published retained (RETAINED_VERBS), so
+the broker keeps the latest one and hands it to the device on every subscription, including the first one of a
+device that had no session when it was sent. A retained copy of a command the device has already taken is
+the broker showing the standing desired state again: it is let go quietly (no answer, no record), while any
+other repeat is still answered as a replay (docs/mqtt.md, "Desired state").
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ COMMAND_SCHEMA = 1
 MAX_COMMAND_BYTES = 64 << 20  # a shard push carries the shard (base64)
 MAX_VALIDITY = timedelta(days=7)  # bounds the replay memory
 CLOCK_SKEW = timedelta(minutes=5)
+# the verbs whose latest command is the device's desired state: published retained, delivered again on every
+# (re)subscription, applied idempotently
+RETAINED_VERBS = frozenset({"shard-push"})
 _FIELDS = {"type", "schema", "fleet", "command_id", "device_id", "verb", "issued", "expires", "args"}
 
 
@@ -91,7 +100,10 @@ class Command:
 
 def command_body(fleet: str, device_id: str, verb: str, args: Mapping[str, Any], issued: datetime,
                  lifetime: timedelta, command_id: str | None = None) -> dict[str, Any]:
-    """The body the fleet signs; args are checked here as the device will check them."""
+    """The body the fleet signs; args and validity are checked here as the device will check them."""
+    if not timedelta(0) < lifetime <= MAX_VALIDITY:
+        raise CommandFormatError(f"lifetime {lifetime.total_seconds() / 3600:g} h: a command is valid for more "
+                                 f"than 0 and at most {MAX_VALIDITY.days * 24} hours ({MAX_VALIDITY.days} days)")
     body = {"type": COMMAND_TYPE, "schema": COMMAND_SCHEMA, "fleet": fleet,
             "command_id": command_id or uuid7(), "device_id": device_id, "verb": verb,
             "issued": format_time(issued), "expires": format_time(issued + lifetime), "args": dict(args)}
@@ -282,6 +294,7 @@ class CommandOutcome:
     code: str
     reason: str
     detail: Mapping[str, Any]
+    answered: bool = True  # False: a retained copy of a command already taken, let go without an answer
 
 
 class CommandService:
@@ -304,17 +317,19 @@ class CommandService:
         self._clock = clock
         self._notify = notify
         self._result_ttl = result_ttl
-        self._queue: queue.Queue[tuple[str, bytes, Callable[[], None]]] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[tuple[str, bytes, Callable[[], None], bool]] = queue.Queue(maxsize=16)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def submit(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None) -> None:
+    def submit(self, topic: str, payload: bytes, ack: Callable[[], None] = lambda: None,
+               retained: bool = False) -> None:
         """Called from the MQTT thread: never blocks. `ack` tells the broker the command is done with; it is
         called only once the answer is committed, so a command lost to a crash or a full queue is redelivered
-        (and a redelivered command that did run is answered as a replay)."""
+        (and a redelivered command that did run is answered as a replay). `retained`: the broker delivered its
+        retained copy (the desired state, on subscribing)."""
         try:
-            self._queue.put_nowait((topic, payload, ack))
+            self._queue.put_nowait((topic, payload, ack, retained))
         except queue.Full:
             self.dropped += 1
             log.warning("command queue full; a command on %s waits for redelivery", topic)
@@ -331,22 +346,31 @@ class CommandService:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                topic, payload, ack = self._queue.get(timeout=0.5)
+                topic, payload, ack, retained = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                self.handle(topic, payload)
+                self.handle(topic, payload, retained)
             except (OutboxError, OSError) as exc:  # the answer could not be stored: no ack, redelivered later
                 log.error("command on %s: the answer could not be recorded: %s", topic, exc)
                 continue
             ack()
 
-    def handle(self, topic: str, payload: bytes) -> CommandOutcome:
-        """Verify, mark seen, run, answer, journal. Returns what was answered."""
+    def handle(self, topic: str, payload: bytes, retained: bool = False) -> CommandOutcome:
+        """Verify, mark seen, run, answer, journal. Returns what was answered. A retained copy of a command
+        already taken (every check passed but the replay check) is let go without an answer or a record: the
+        broker shows the standing desired state on each subscription, and it is in force already."""
         at = self._clock()
         cmd: Command | None = None
         try:
-            cmd = CommandVerifier(self._root(), self.identity.device_id, self.seen).verify(topic, payload, at)
+            try:
+                cmd = CommandVerifier(self._root(), self.identity.device_id, self.seen).verify(topic, payload, at)
+            except CommandReplayError:
+                if not retained:
+                    raise
+                cid, verb = _claimed(topic, payload)
+                log.debug("retained command %s on %s was taken before; nothing to do", cid, topic)
+                return CommandOutcome(cid, verb, True, "ok", "taken before (retained copy)", {}, answered=False)
             self.seen.add(cmd.command_id, cmd.expires, at)  # before running: at most once, even across a crash
             handler = self._handlers.get(cmd.verb)
             if handler is None:

@@ -148,12 +148,18 @@ class _Shared:
     last_ack: float | None = None
 
 
-CommandCallback = Callable[[str, bytes, Callable[[], None]], None]
+# (topic, payload, ack, retained): `retained` is the broker's retain flag, set on the copy of a retained message
+# (a desired state) that it delivers because we subscribed
+CommandCallback = Callable[[str, bytes, Callable[[], None], bool], None]
 
 
 class DeviceLink:
     """One device's connection: publishes the outbox and state, hands commands to `on_command` together with
-    a function that acknowledges the command to the broker (called once the answer is committed)."""
+    a function that acknowledges the command to the broker (called once the answer is committed).
+
+    The command subscription is made on every connection, also when the broker kept the session: with the
+    default retain handling the broker then delivers the retained desired state (the latest shard push) each
+    time, so a device converges to it after its first connection, a lost session or a lost message."""
 
     def __init__(self, settings: BrokerSettings, identity: DeviceIdentity, outbox: Outbox,
                  on_command: CommandCallback | None = None,
@@ -254,7 +260,7 @@ class DeviceLink:
         if self._on_command is None:
             ack()
             return
-        self._on_command(msg.topic, bytes(msg.payload), ack)
+        self._on_command(msg.topic, bytes(msg.payload), ack, bool(msg.retain))
 
     # -- our side --
     def _state_payload(self, status: str) -> bytes:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from edge.trust.root import TrustedRoot
 from edge.trust.times import now
 from edge.vision.manifest import ModelSpec
 from edge.watchlist.loader import AcceptedShard
+from edge.watchlist.shard import ShardFormatError, split_shard
 from edge.watchlist.store import ShardStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -53,20 +55,39 @@ class MatchDraft:
 
 def shard_push_handler(store: ShardStore, model: ModelSpec,
                        on_accepted: Callable[[AcceptedShard], None]) -> Handler:
-    """shard-push: the shard inside is verified with every shard check, then put in force."""
+    """shard-push: the shard inside is verified with every shard check, then put in force. The shard already in
+    force (pushed again, or the retained desired state under a new command) is checked again and left as it is:
+    done, `already_in_force` true, nothing reloaded or recorded twice."""
     def handle(cmd: Command) -> Mapping[str, Any]:
         try:
             data = base64.b64decode(cmd.args["shard"], validate=True)
         except binascii.Error:
             raise CommandFailedError("args.shard is not base64") from None
         try:
+            if _in_force(store, data):
+                again = store.verifier(model).verify(data, now(), reload_current=True)  # still valid, still ours
+                again.gallery.wipe()
+                m = again.manifest
+                return {"shard_id": m.shard_id, "version": m.version, "entries": m.entries,
+                        "deployment_id": m.deployment.id, "already_in_force": True}
             accepted = store.load_bytes(data, model, now())
         except (StoreError, IdentityError) as exc:
             raise CommandFailedError(str(exc)) from None
         on_accepted(accepted)
         m = accepted.manifest
-        return {"shard_id": m.shard_id, "version": m.version, "entries": m.entries, "deployment_id": m.deployment.id}
+        return {"shard_id": m.shard_id, "version": m.version, "entries": m.entries, "deployment_id": m.deployment.id,
+                "already_in_force": False}
     return handle
+
+
+def _in_force(store: ShardStore, data: bytes) -> bool:
+    """Whether `data` carries the signed manifest of the shard the node accepted last."""
+    current = store.state().get("current")
+    try:
+        envelope, _ = split_shard(data)
+    except ShardFormatError:
+        return False  # the full check says what is wrong with it
+    return isinstance(current, dict) and current.get("manifest_sha256") == hashlib.sha256(envelope).hexdigest()
 
 
 class EventService:
