@@ -149,8 +149,12 @@ class FleetCA:
         issued = Issued(kind, cn, cert.serial_number, format_time(cert.not_valid_after_utc), out)
         record = {"kind": kind, "common_name": cn, "serial": str(cert.serial_number),
                   "not_after": issued.not_after}
-        write_atomic(self.dir / "clients" / f"{cn}.json", json.dumps(record, indent=1).encode() + b"\n", 0o644)
+        write_atomic(self.record_path(cn), json.dumps(record, indent=1).encode() + b"\n", 0o644)
         return issued
+
+    def record_path(self, common_name: str) -> Path:
+        """Where the record of the client certificate last issued to `common_name` is kept."""
+        return self.dir / "clients" / f"{common_name}.json"
 
     def sign_csr(self, kind: str, name: str, csr_path: Path, out: Path) -> Issued:
         """Certify a key that was born elsewhere (a device's): the CSR's CN must be the expected one."""

@@ -3,9 +3,11 @@
     edge-fleet provision --port /dev/ttyUSB0 --fleet-dir F --broker mqtts://HOST:PORT [--device-id ID]
         OPEN -> HELLO: the device's id, keys, CSR and the fleet root it trusts (checked: this fleet's)
         signs the bundle with the fleet's command key(s) -> PROVISION -> PENDING: both ends show a 6-digit code
-        the technician compares the codes and answers; only on yes: registers the device (or finds it
+        the technician compares the codes and answers `yes` (any case) or types the code back; only then, and
+        only within the device's confirm window (PENDING.confirm_within): registers the device (or finds it
         registered with the same keys), certifies its CSR -> CONFIRM with the certificate -> DONE;
-        on no: CLOSE (nothing changes, on the device or in the fleet)
+        anything else (`y` too): CLOSE (nothing changes, on the device or in the fleet); a window that closed,
+        or a CONFIRM the device refused without committing: this run's fleet records are undone
     edge-fleet provision --check --port /dev/ttyUSB0 --fleet-dir F      reads identity and state back
     edge-fleet provision --issue-token FILE --device-id ID --fleet-dir F  a signed re-provisioning token
 
@@ -15,12 +17,16 @@ Fleet records: F/provisioning/ID/{tls.csr, tls.crt, provisioned.json}.
 from __future__ import annotations
 
 import argparse
+import errno
 import getpass
 import hashlib
 import json
+import os
+import re
 import secrets
 import select
 import socket
+import stat
 import sys
 import time
 import tomllib
@@ -34,11 +40,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import DEFAULT_CONFIG, DEFAULT_STATE_DIR
 from edge.events.link import BrokerSettings, BrokerURLError
+from edge.fsutil import write_atomic
 from edge.identity import IdentityError, check_device_id
 from edge.provision.agent import Paths
 from edge.provision.bundle import OperatorKey, new_bundle, sign_bundle, token_body
 from edge.provision.errors import (
     CommitError,
+    ConfirmTimeoutError,
     DeviceIdMismatchError,
     DeviceRefusedError,
     FrameError,
@@ -47,6 +55,7 @@ from edge.provision.errors import (
     LinkLostError,
     MessageFieldError,
     NoFleetRootError,
+    NoSessionError,
     NotInProvisioningModeError,
     ProvisionError,
     ProvisionTimeoutError,
@@ -70,7 +79,7 @@ from edge.provision.protocol import (
 )
 from edge.trust.root import TrustError, sign_document
 from edge.trust.times import now
-from provisioning.ca import CertificateError, FleetCA
+from provisioning.ca import CertificateError, FleetCA, client_cn
 from provisioning.fleet import Fleet, FleetError, passphrase
 
 DEFAULT_TIMEOUT = 3.0
@@ -170,6 +179,9 @@ class Hello:
             check_device_id(d["device_id"])
         except IdentityError as exc:
             raise MessageFieldError(f"HELLO.device_id: {exc}") from None
+        if not Path(d["state_dir"]).is_absolute():  # it goes into node.toml, which resolves from its own folder
+            raise MessageFieldError(f"HELLO.state_dir: {d['state_dir']!r} is not an absolute path (an agent older "
+                                    "than this tool: start it with an absolute --state-dir)")
         return cls(d["device_id"], d["state"], d["ed25519"], d["x25519"], d["csr"], d["nonce"], d["fleet"],
                    d["root_version"], d["root_sha256"], d["state_dir"], body)
 
@@ -203,9 +215,68 @@ def check_fleet_root(fleet: Fleet, hello: Hello) -> None:
 
 
 def _device_folder(fleet: Fleet, device_id: str) -> Path:
-    d = fleet.dir / "provisioning" / device_id
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return fleet.dir / "provisioning" / device_id
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A fleet file as it was before a provisioning run wrote it (`data` None: it did not exist)."""
+
+    path: Path
+    data: bytes | None
+    mode: int
+
+
+class FleetWrites:
+    """The fleet files one provisioning run is about to write, as they were, so that a run that fails before
+    the device commits puts the fleet directory back exactly: each file rewritten as it was or removed, and
+    the directories made for them removed. Only the files named here are touched, so another run on the same
+    fleet directory keeps its own."""
+
+    def __init__(self, top: Path) -> None:
+        self.top = top
+        self._prior: list[Prior] = []
+        self._made: list[Path] = []  # directories that did not exist, outermost first
+
+    def expect(self, *paths: Path) -> None:
+        """Remember these files (and any missing directory above them, inside the fleet directory) before they
+        are written."""
+        for path in paths:
+            for d in [*reversed(path.parents), path.parent]:
+                if d.is_relative_to(self.top) and d != self.top and not d.exists() and d not in self._made:
+                    self._made.append(d)
+            try:
+                self._prior.append(Prior(path, path.read_bytes(), stat.S_IMODE(path.stat().st_mode)))
+            except FileNotFoundError:
+                self._prior.append(Prior(path, None, 0))
+
+    def undo(self) -> list[Path]:
+        """Put every remembered file back (the last written first); the files changed, in the order remembered.
+        OSError if one cannot be."""
+        changed = []
+        for p in reversed(self._prior):
+            if p.data is None:
+                if p.path.exists():
+                    p.path.unlink()
+                    changed.append(p.path)
+            elif not p.path.exists() or p.path.read_bytes() != p.data:
+                write_atomic(p.path, p.data, p.mode)
+                os.chmod(p.path, p.mode)
+                changed.append(p.path)
+        for d in reversed(self._made):
+            try:
+                d.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY:
+                    raise
+                # another run wrote into it meanwhile: it stays
+        return changed[::-1]
+
+    @property
+    def noted(self) -> tuple[Prior, ...]:
+        return tuple(self._prior)
 
 
 def check_device(hello: Hello, asked: str | None) -> None:
@@ -255,47 +326,108 @@ def command_keys(fleet: Fleet) -> list[Ed25519PrivateKey]:
 def operator_key(fleet: Fleet, name: str | None) -> OperatorKey:
     files = sorted((fleet.dir / "operators").glob("*.json"))
     if name is None:
-        if len(files) != 1:
+        if not files:
+            raise FleetError(f"no operator in {fleet.dir / 'operators'}: the device seals evidence to an operator's "
+                             f"key, so add one first: edge-fleet operator add NAME --fleet-dir {fleet.dir}")
+        if len(files) > 1:
             raise FleetError(f"{len(files)} operators in {fleet.dir / 'operators'} "
-                             f"({', '.join(f.stem for f in files) or 'none'}); say which with --operator")
+                             f"({', '.join(f.stem for f in files)}); say which with --operator NAME")
         path = files[0]
     else:
         path = fleet.dir / "operators" / f"{name}.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise FleetError(f"{path}: no operator key ({exc}); add one with `edge-fleet operator add`") from None
+        raise FleetError(f"{path}: no operator key ({exc}); add one with `edge-fleet operator add {name} "
+                         f"--fleet-dir {fleet.dir}`") from None
     return OperatorKey.from_json(doc, str(path))
 
 
+NODE_HEADER = re.compile(r"^[ \t]*\[[ \t]*node[ \t]*\][ \t]*(#.*)?$", re.MULTILINE)
+
+
 def node_config(template: str | None, source: str, state_dir: str, broker: str) -> str:
-    """The node.toml the device installs: the technician's template (camera, vision, ...) plus [node]
-    state_dir when the template has no [node], and the [mqtt] section provisioning owns."""
+    """The node.toml the device installs: the technician's template (camera, vision, a [node] profile, ...)
+    with the device's own state directory (from its HELLO) in [node], and the [mqtt] section provisioning
+    owns. A template may leave out [node] state_dir or give the device's; another one is refused."""
     try:
         doc = tomllib.loads(template or "")
     except tomllib.TOMLDecodeError as exc:
         raise FleetError(f"{source}: not valid TOML ({exc})") from None
     if "mqtt" in doc:
         raise FleetError(f"{source}: leave out [mqtt]: provisioning writes it (broker, operator key)")
+    line = f"state_dir = {json.dumps(state_dir)}"
     text = (template or "").rstrip("\n")
-    if "node" not in doc:
-        text += f"\n\n[node]\nstate_dir = {json.dumps(state_dir)}\n"
-    text += f"\n[mqtt]\nbroker = {json.dumps(broker)}\noperator_key = \"operator.json\"\n"
-    return text.lstrip("\n")
+    node = doc.get("node")
+    if node is None:
+        text += f"\n\n[node]\n{line}\n"
+    elif not isinstance(node, dict):
+        raise FleetError(f"{source}: node must be a table ([node])")
+    elif "state_dir" in node:
+        if node["state_dir"] != state_dir:
+            raise FleetError(f"{source}: [node] state_dir {node['state_dir']!r} is not the device's state directory "
+                             f"{state_dir!r} (from its HELLO): leave it out, provisioning writes the device's own")
+    elif (header := NODE_HEADER.search(text)) is not None:
+        text = f"{text[:header.end()]}\n{line}{text[header.end():]}"
+    else:  # [node] given as dotted keys (node.profile = ...) before any table
+        text = f"node.{line}\n{text}"
+    text = text.lstrip("\n") + f"\n[mqtt]\nbroker = {json.dumps(broker)}\noperator_key = \"operator.json\"\n"
+    try:
+        merged = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        merged = {"error": str(exc)}
+    want = {**doc, "node": {**(node or {}), "state_dir": state_dir},
+            "mqtt": {"broker": broker, "operator_key": "operator.json"}}
+    if merged != want:  # e.g. an inline node = {...}, which cannot take another key
+        raise FleetError(f"{source}: cannot add the device's state_dir to its [node] (write [node] as a table, "
+                         "or leave it out)")
+    return text
 
 
-def ask(question: str, inp: TextIO, out: TextIO, keepalive: Callable[[], None]) -> str:
-    """A line from the technician; the session is kept alive while they read and compare."""
+@dataclass(frozen=True)
+class ConfirmWindow:
+    """How long the device waits for CONFIRM (PENDING.confirm_within), counted from just before the tool sent
+    PROVISION. The device starts counting later (once it has the bundle staged), so this window closes no
+    later than the device's, and a CONFIRM the device would refuse for lateness is not sent."""
+
+    opened: float  # time.monotonic() before PROVISION's first try
+    seconds: int
+
+    def left(self) -> float:
+        return self.opened + self.seconds - time.monotonic()
+
+    def check(self, when: str) -> None:
+        """ConfirmTimeoutError if the window has closed."""
+        if self.left() <= 0:
+            raise ConfirmTimeoutError(
+                f"the device's confirm window of {self.seconds} s (PENDING.confirm_within) closed {when}: CONFIRM was "
+                "not sent and the device throws the bundle away; run again")
+
+
+def confirmed(answer: str, code: str) -> bool:
+    """The technician's answer commits only as `yes` (any letter case) or the code typed back (spaces
+    ignored); anything else, `y` included, cancels: a single key pressed without comparing must not commit."""
+    answer = answer.strip()
+    return answer.lower() == "yes" or (answer.replace(" ", "") == code.replace(" ", "") != "")
+
+
+def ask(question: str, inp: TextIO, out: TextIO, keepalive: Callable[[], None], window: ConfirmWindow) -> str:
+    """A line from the technician; the session is kept alive while they read and compare. ConfirmTimeoutError
+    when the device's confirm window closes first."""
     out.write(question)
     out.flush()
-    while True:
-        ready, _, _ = select.select([inp], [], [], KEEPALIVE_EVERY)
+    while (left := window.left()) > 0:
+        ready, _, _ = select.select([inp], [], [], min(KEEPALIVE_EVERY, left))
         if ready:
             line = inp.readline()
             if not inp.isatty():
                 out.write("\n")  # the answer came from a pipe: end the prompt's line
-            return line.strip().lower()
-        keepalive()
+            return line.strip()
+        if window.left() > 0:
+            keepalive()
+    out.write("\n")
+    window.check("before the technician answered")
+    return ""  # pragma: no cover - check() raises once the window is closed
 
 
 @dataclass(frozen=True)
@@ -322,6 +454,8 @@ def provision(fleet: Fleet, target: Target, device_id: str | None, broker: str, 
     link = SerialLink.open(target.port, target.baudrate)
     session = ToolSession(link, target.timeout, target.retries, say)
     phase = "open"
+    writes = FleetWrites(fleet.dir)
+    transcript = b""
     try:
         reply, body = session.request(MsgType.OPEN, {"tool": _tool_name(), "device_id": device_id})
         hello = Hello.from_reply(reply, body)
@@ -341,7 +475,9 @@ def provision(fleet: Fleet, target: Target, device_id: str | None, broker: str, 
                             ca.cert_path.read_bytes(), broker, op, config)
         data = sign_bundle(bundle, keys)
         phase = "provision"
+        opened = time.monotonic()
         pending, _ = session.request(MsgType.PROVISION, {"bundle": data})
+        window = ConfirmWindow(opened, pending["confirm_within"])
         transcript = transcript_hash(hello.body, data)
         if pending["transcript"] != transcript:
             raise TranscriptMismatchError("the device's transcript hash differs from this tool's: a message was "
@@ -352,18 +488,23 @@ def provision(fleet: Fleet, target: Target, device_id: str | None, broker: str, 
         def keepalive() -> None:
             session.request(MsgType.PING, {})
 
-        answer = ask(f"Does device {hello.device_id} show {code}? Type yes (or the code) to commit, no to cancel: ",
-                     inp, out, keepalive)
-        if answer not in ("yes", "y", code.replace(" ", ""), code):
+        answer = ask(f"Does device {hello.device_id} show {code}? Type yes (or the code) to commit, anything else "
+                     f"cancels ({window.seconds} s): ", inp, out, keepalive, window)
+        if not confirmed(answer, code):
             session.close("the technician did not confirm the code")
             raise TechnicianAbortError(f"not confirmed ({answer or 'no answer'}): the device threw the bundle away "
                                        "and is as it was; nothing was registered or certified")
+        window.check("before the answer came")  # a yes read just as the window closed
         # the technician vouched for this HELLO: only now does the fleet register and certify the device
-        register(fleet, hello, target.port, say)
         folder = _device_folder(fleet, hello.device_id)
+        writes.expect(fleet.device_path(hello.device_id), folder / "tls.csr", folder / "tls.crt",
+                      ca.record_path(client_cn("device", hello.device_id)))
+        register(fleet, hello, target.port, say)
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / "tls.csr").write_bytes(hello.csr)
         issued = ca.sign_csr("device", hello.device_id, folder / "tls.csr", folder / "tls.crt")
         say(f"issued certificate {issued.common_name} (serial {issued.serial:x}, until {issued.not_after})")
+        window.check("while the fleet registered and certified the device")
         phase = "confirm"
         done, _ = session.request(MsgType.CONFIRM, {"transcript": transcript,
                                                     "certificate": (folder / "tls.crt").read_bytes()})
@@ -383,10 +524,52 @@ def provision(fleet: Fleet, target: Target, device_id: str | None, broker: str, 
                 exc, (LinkLostError, LineBusyError, ProvisionTimeoutError, DeviceRefusedError, TechnicianAbortError)):
             session.close(f"{type(exc).__name__}")  # the device throws away what it staged
         if phase == "confirm" and isinstance(exc, DeviceRefusedError):
-            phase = "commit-failed" if exc.code == CommitError.__name__ else "provision"
+            phase = _after_refused_confirm(exc, link, target, say, transcript)
+        if phase in ("open", "provision"):
+            undo_fleet_writes(writes, say)
         raise ToolError(exc, _device_state(phase, target.port)) from None
     finally:
         link.close()
+
+
+def _after_refused_confirm(exc: DeviceRefusedError, link: SerialLink, target: Target, say: Callable[[str], None],
+                           transcript: bytes) -> str:
+    """The phase a refused CONFIRM leaves: "commit-failed" (the device journalled its commit and finishes it at
+    its restart), "provision" (it committed nothing), or "confirm" (unknown: it may have committed)."""
+    if exc.code == CommitError.__name__:
+        return "commit-failed"
+    if exc.code != NoSessionError.__name__:
+        return "provision"  # refused inside the session that held the stage: nothing was committed
+    # no session: the window closed on the device, or it committed, its DONE was lost and the session ended
+    # (silence, or the agent restarted): read back what it holds
+    committed = device_holds(link, target, say, transcript)
+    return "provision" if committed is False else "confirm"
+
+
+def device_holds(link: SerialLink, target: Target, say: Callable[[str], None], transcript: bytes) -> bool | None:
+    """Whether the device's committed state is this transcript's, read back in a session of its own; None if
+    it cannot be read."""
+    probe = ToolSession(link, target.timeout, target.retries, say)
+    try:
+        probe.request(MsgType.OPEN, {"tool": _tool_name(), "device_id": None})
+        status, _ = probe.request(MsgType.QUERY, {})
+    except ProvisionError as exc:
+        say(f"  could not read back whether the device committed ({type(exc).__name__}: {exc})")
+        return None
+    probe.close("read back after a refused CONFIRM")
+    return bool(status["transcript"] == transcript)
+
+
+def undo_fleet_writes(writes: FleetWrites, say: Callable[[str], None]) -> None:
+    """Put the fleet directory back as it was before this run (the device committed nothing)."""
+    try:
+        changed = writes.undo()
+    except OSError as exc:
+        say(f"could not undo this run's fleet records ({exc}): check {', '.join(str(p.path) for p in writes.noted)}")
+        return
+    if changed:
+        say(f"undid this run's fleet records ({', '.join(str(p.relative_to(writes.top)) for p in changed)}): the "
+            "fleet is as it was before")
 
 
 def _device_state(phase: str, port: str) -> str:
@@ -454,10 +637,14 @@ def issue_token(fleet: Fleet, device_id: str, out: Path, hours: float) -> Path:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     """Provision a device over a serial cable: identity, certificate, trust root, configuration, in one checked
-    step confirmed by a 6-digit code shown on both ends (docs/serial-protocol.md). --check reads a device's
-    identity and state back; --issue-token writes a signed re-provisioning token for a provisioned device.
-    Exit 0: done; 1: not confirmed by the technician, or --check found a mismatch; 2: failed (the message says
-    why and what state the device is in)."""
+    step confirmed by a 6-digit code shown on both ends (docs/serial-protocol.md). The fleet needs an operator
+    first (edge-fleet operator add NAME --fleet-dir F): the device seals evidence to that operator's key. Answer
+    the code's question with `yes` (any letter case) or the code typed back; anything else, `y` included,
+    cancels. The answer must come within the device's confirm window (--confirm-timeout of the agent, 600 s by
+    default); later, nothing is sent or registered. --check reads a device's identity and state back;
+    --issue-token writes a signed re-provisioning token for a provisioned device. Exit 0: done; 1: not
+    confirmed by the technician, or --check found a mismatch; 2: failed (the message says why and what state
+    the device is in; a failed run leaves the fleet directory as it was unless the device may have committed)."""
     fleet = Fleet(args.fleet_dir)
     try:
         if args.issue_token:
@@ -496,8 +683,8 @@ def add_parser(sub: Any) -> None:
                    "board, the id it must have")
     p.add_argument("--broker", metavar="mqtts://HOST[:PORT]", help="the broker the device will use")
     p.add_argument("--operator", help="whose evidence key the device seals crops to (default: the only operator)")
-    p.add_argument("--node-config", metavar="NODE.toml", help="node configuration template (camera, vision, ...; "
-                   "no [mqtt]: provisioning writes it)")
+    p.add_argument("--node-config", metavar="NODE.toml", help="node configuration template (camera, vision, [node] "
+                   "profile, ...; no [mqtt]: provisioning writes it; [node] state_dir is set to the device's own)")
     p.add_argument("--check", action="store_true", help="read the device's identity and state back; change nothing")
     p.add_argument("--json", action="store_true", help="--check: one JSON object")
     p.add_argument("--issue-token", metavar="FILE", help="write a signed re-provisioning token for --device-id")

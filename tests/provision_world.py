@@ -111,13 +111,19 @@ class Output:
 class AgentProc:
     """`edge-node provision-agent` on the device end of a cable."""
 
-    def __init__(self, device: Device, port: str, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, device: Device, port: str, *extra: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        """With `cwd`, the agent runs there and is given the device's paths relative to it."""
         self.device = device
+
+        def arg(p: Path) -> str:
+            return os.path.relpath(p, cwd) if cwd else str(p)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edge.cli", "provision-agent", "--port", port, "--state-dir",
-             str(device.state_dir), "--config", str(device.config), "--fleet-root", str(device.image_root),
+             arg(device.state_dir), "--config", arg(device.config), "--fleet-root", arg(device.image_root),
              "--device-id", "board-7f3a", "--session-timeout", "3", *extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or ENV, cwd=cwd)
         self.out = Output(self.proc.stderr)
         self.out.wait_for(r"listening on ")
 

@@ -6,17 +6,21 @@ message with the device either fully provisioned or exactly as before."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pwd
 import re
+import select
 import shlex
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import tomllib
+import tty
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +61,8 @@ from edge.provision.errors import (
 from edge.provision.link import SerialLink
 from edge.provision.protocol import (
     MAX_ENCODED,
+    REPLY_TO,
+    SPECS,
     Frame,
     FrameReader,
     MsgType,
@@ -76,8 +82,8 @@ from edge.vision.manifest import load_manifest
 from edge.watchlist.loader import AcceptedShard
 from edge.watchlist.store import ShardStore
 from provisioning.ca import FleetCA
-from provisioning.fleet import Fleet
-from provisioning.serial_tool import Hello, ToolSession, node_config, operator_key
+from provisioning.fleet import Fleet, FleetError
+from provisioning.serial_tool import Hello, ToolSession, confirmed, node_config, operator_key
 from provisioning.watchlist import save_watchlist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,8 +116,9 @@ class Site:
     cable: Cable
     agents: list[AgentProc] = field(default_factory=list)
 
-    def agent(self, *extra: str, env: dict[str, str] | None = None, port: str | None = None) -> AgentProc:
-        a = AgentProc(self.device, port or self.cable.device_path, *extra, env=env)
+    def agent(self, *extra: str, env: dict[str, str] | None = None, port: str | None = None,
+              cwd: Path | None = None) -> AgentProc:
+        a = AgentProc(self.device, port or self.cable.device_path, *extra, env=env, cwd=cwd)
         self.agents.append(a)
         return a
 
@@ -140,11 +147,11 @@ def site(fleets: tuple[Path, Path], tmp_path: Path) -> Iterator[Site]:
     s.cable.close()
 
 
-def confirm(site: Site, tool: ToolProc, agent: AgentProc) -> str:
-    """The technician reads the device's code, compares it with the tool's and says yes."""
+def confirm(site: Site, tool: ToolProc, agent: AgentProc, answer: str = "yes") -> str:
+    """The technician reads the device's code, compares it with the tool's and says yes (or `answer`)."""
     code = tool.code()
     assert agent.out.wait_for(r"CONFIRMATION CODE (\d{3} \d{3})").group(1) == code
-    tool.answer("yes")
+    tool.answer(answer)
     return code
 
 
@@ -248,6 +255,122 @@ def test_provisioned_device_connects_with_its_new_certificate_and_accepts_a_shar
     assert answer["ok"] and answer["detail"]["version"] == 1
     assert len(accepted) == 1 and accepted[0].manifest.entries == 3
     accepted[0].gallery.wipe()
+
+
+def test_an_agent_given_relative_paths_and_a_template_with_a_node_profile_is_provisioned(site: Site) -> None:
+    """The agent runs with --state-dir and --config relative to its working directory (HELLO and node.toml get
+    them absolute), and the technician's template picks a hardware profile in [node]: the device's state
+    directory is merged into that [node], the profile kept."""
+    agent = site.agent(cwd=site.device.state_dir.parent)
+    assert "--state-dir state " in " ".join(map(str, agent.proc.args))
+    template = site.device.state_dir.parent / "template.toml"
+    template.write_text('# a site template\n[node]  # the board\nprofile = "pi5-cam3"\n\n[camera]\nid = "gate-a"\n')
+    tool = site.provision("--node-config", str(template))
+    confirm(site, tool, agent, answer="YES")
+    assert tool.wait() == 0, tool.err.text
+    [hello] = [f for f in site.cable.frames(TO_TOOL) if f.type == MsgType.HELLO]
+    assert decode_message(hello)["state_dir"] == str(site.device.state_dir)
+    cfg = load_config(site.device.config)
+    assert cfg.state_dir == site.device.state_dir and cfg.profile == "pi5-cam3" and cfg.camera.id == "gate-a"
+    assert f'state_dir = "{site.device.state_dir}"' in site.device.config.read_text()
+    journal_free = site.check()
+    assert journal_free["state"] == "provisioned" and journal_free["findings"] == []
+
+
+def test_the_node_configuration_merges_the_device_state_dir_into_any_template() -> None:
+    state = "/var/lib/edge-node"
+    dotted = node_config('node.profile = "pi4-coral"\n[camera]\nid = "a"\n', "t.toml", state, BROKER)
+    assert tomllib.loads(dotted)["node"] == {"profile": "pi4-coral", "state_dir": state}
+    assert tomllib.loads(node_config(None, "-", state, BROKER))["node"] == {"state_dir": state}
+    same = node_config(f'[node]\nstate_dir = "{state}"\n', "t.toml", state, BROKER)
+    assert tomllib.loads(same)["node"] == {"state_dir": state}
+    assert tomllib.loads(same)["mqtt"] == {"broker": BROKER, "operator_key": "operator.json"}
+    with pytest.raises(FleetError, match=r"t.toml: \[node\] state_dir '/srv/x' is not the device's state directory"):
+        node_config('[node]\nstate_dir = "/srv/x"\n', "t.toml", state, BROKER)
+    with pytest.raises(FleetError, match=r"t.toml: cannot add the device's state_dir to its \[node\]"):
+        node_config('node = { profile = "pi5-cam3" }\n', "t.toml", state, BROKER)
+    with pytest.raises(FleetError, match=r"t.toml: leave out \[mqtt\]"):
+        node_config('[mqtt]\nbroker = "x"\n', "t.toml", state, BROKER)
+
+
+def test_an_answer_commits_only_as_yes_or_the_code() -> None:
+    for answer in ("yes", "YES", "Yes", " yes ", "123456", "123 456"):
+        assert confirmed(answer, "123 456"), answer
+    for answer in ("y", "Y", "ye", "yes please", "no", "", "123457", "12345"):
+        assert not confirmed(answer, "123 456"), answer
+
+
+def test_without_an_operator_the_tool_says_how_to_add_one(site: Site) -> None:
+    for p in (site.fleet / "operators").iterdir():
+        p.unlink()
+    tool = site.provision()
+    assert tool.wait() == 2
+    assert f"no operator in {site.fleet / 'operators'}" in tool.err.text
+    assert f"add one first: edge-fleet operator add NAME --fleet-dir {site.fleet}" in tool.err.text
+    assert "nothing was sent to the device" in tool.err.text
+
+
+def test_the_confirmation_code_is_recomputed_from_the_documented_derivation(site: Site) -> None:
+    """docs/serial-protocol.md, "The confirmation code", followed here with hashlib alone (not the
+    implementation's functions) on the bytes that crossed the line; both ends showed that code."""
+    agent = site.agent()
+    tool = site.provision()
+    code = confirm(site, tool, agent)
+    assert tool.wait() == 0, tool.err.text
+    [hello] = [f for f in site.cable.frames(TO_TOOL) if f.type == MsgType.HELLO]
+    [provision] = [f for f in site.cable.frames(TO_DEVICE) if f.type == MsgType.PROVISION]
+    [pending] = [f for f in site.cable.frames(TO_TOOL) if f.type == MsgType.PENDING]
+    h, b = hello.body, cbor2.loads(provision.body)["bundle"]
+    transcript = hashlib.sha256(b"edge-provision/v1\x00" + len(h).to_bytes(4, "big") + h
+                                + len(b).to_bytes(4, "big") + b).digest()
+    assert cbor2.loads(pending.body)["transcript"] == transcript
+    n = int.from_bytes(hashlib.sha256(b"edge-provision-code/v1\x00" + transcript).digest()[:8], "big") % 1_000_000
+    assert f"{n:06d}"[:3] + " " + f"{n:06d}"[3:] == code
+    assert agent.codes() == [code]
+
+
+def test_the_documented_message_fields_are_the_wire_format_s() -> None:
+    """Every `NAME` {fields} in docs/serial-protocol.md names exactly that message's fields, a `?` exactly on
+    those that are always present but may be null; every message with fields is documented."""
+    doc = (REPO / "docs" / "serial-protocol.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for name, fields in re.findall(r"`([A-Z]+)` \{([^}]*)\}", doc):
+        documented.setdefault(name, set()).add(",".join(f.strip() for f in fields.split(",")))
+    for mtype, spec in SPECS.items():
+        want = ",".join(f"{k}?" if kind.endswith("?") else k for k, (kind, _) in spec.items())
+        if spec:
+            assert documented.get(mtype.name) == {want}, mtype.name
+        else:
+            assert mtype.name not in documented, mtype.name
+
+
+def test_the_agent_leaves_with_3_at_once_when_its_port_disappears(site: Site, tmp_path: Path) -> None:
+    """A USB gadget unbound or a UART gone: the agent ends the session (its stage thrown away) and exits 3,
+    for systemd to restart it, without waiting for the session's silence timeout."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    agent = site.agent("--session-timeout", "600", port=os.ttyname(slave))
+    os.close(slave)
+    before = site.device.snapshot()
+    reader = FrameReader()
+
+    def request(mtype: MsgType, seq: int, body: dict[str, object]) -> tuple[dict[str, object], bytes]:
+        os.write(master, encode_frame(Frame(mtype, 7, seq, encode_body(mtype, body))))
+        while True:
+            select.select([master], [], [], 5)
+            for item, _ in reader.feed(os.read(master, 65536)):
+                assert isinstance(item, Frame) and item.type == REPLY_TO[mtype], item
+                return decode_message(item), item.body
+
+    hello = Hello.from_reply(*request(MsgType.OPEN, 1, {"tool": "t", "device_id": "cam-01"}))
+    roots = [(site.fleet / "root" / "root.1.json").read_bytes()]
+    request(MsgType.PROVISION, 2, {"bundle": bundle_for(hello, site.fleet, key(site.fleet, "command"), roots)})
+    assert (site.device.state_dir / "provision" / "stage").exists()
+    os.close(master)  # the port is gone
+    assert agent.proc.wait(30) == 3
+    agent.out.join()
+    assert "ended: the serial line is gone" in agent.out.text and "nothing was changed on the device" in agent.out.text
+    assert site.device.snapshot() == before
 
 
 # --- bad input and faults ------------------------------------------------------------------------------
@@ -362,8 +485,9 @@ def test_a_certificate_the_device_cannot_use_is_refused_at_confirm(site: Site, t
 
 
 def fleet_files(fleet_dir: Path) -> dict[str, str]:
-    return {str(p.relative_to(fleet_dir)): p.read_text(errors="replace") for p in sorted(fleet_dir.rglob("*"))
-            if p.is_file()}
+    """The fleet directory's whole tree: every directory and every file, with its bytes' hash."""
+    return {str(p.relative_to(fleet_dir)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+            for p in sorted(fleet_dir.rglob("*"))}
 
 
 def test_declined_code_changes_nothing_and_a_replayed_bundle_is_refused(site: Site) -> None:
@@ -372,9 +496,9 @@ def test_declined_code_changes_nothing_and_a_replayed_bundle_is_refused(site: Si
     fleet_before = fleet_files(site.fleet)
     tool = site.provision()
     tool.code()
-    tool.answer("no")
+    tool.answer("y")  # only `yes` (any case) or the code typed back commits
     assert tool.wait() == 1
-    assert "TechnicianAbortError" in tool.err.text and "is as it was" in tool.err.text
+    assert "TechnicianAbortError: not confirmed (y)" in tool.err.text and "is as it was" in tool.err.text
     agent.out.wait_for("ended: closed; nothing was changed on the device")
     assert site.device.snapshot() == before
     assert not DeviceTLS(site.device.state_dir).cert.exists()
@@ -501,6 +625,7 @@ def test_the_tool_refuses_a_hello_for_another_or_a_bad_device_id(site: Site, rep
 
 
 def test_a_certificate_the_fleet_cannot_issue_ends_with_close_and_the_device_state(site: Site) -> None:
+    fleet_before = fleet_files(site.fleet)
     board = FakeBoard(site.cable.device_path, site.fleet, "cam-01", "unprovisioned")  # its CSR is garbage
     try:
         tool = site.provision()
@@ -512,7 +637,9 @@ def test_a_certificate_the_fleet_cannot_issue_ends_with_close_and_the_device_sta
     assert "CertificateError" in tool.err.text and "Traceback" not in tool.err.text
     assert "nothing was committed: the device is as it was before" in tool.err.text
     assert board.requests[-1] == MsgType.CLOSE and MsgType.CONFIRM not in board.requests
-    assert not (site.fleet / "clients" / "cam-01.json").exists()
+    assert "registered device cam-01" in tool.out.text  # after the yes, before the certificate failed
+    assert "undid this run's fleet records (devices/cam-01.json" in tool.out.text
+    assert fleet_files(site.fleet) == fleet_before
 
 
 def test_open_on_session_zero_is_refused(site: Site) -> None:
@@ -538,14 +665,45 @@ def test_no_answer_times_out(site: Site) -> None:
     assert "is the agent running" in tool.err.text
 
 
-def test_unconfirmed_code_times_out_on_the_device(site: Site) -> None:
-    agent = site.agent("--confirm-timeout", "1")
+def test_a_yes_after_the_confirm_window_sends_nothing_and_leaves_the_fleet_as_it_was(site: Site) -> None:
+    """The technician is too slow: the tool knows the device's window from PENDING and gives up with it, so no
+    CONFIRM is sent and nothing is registered or certified; a late yes changes nothing."""
+    agent = site.agent("--confirm-timeout", "2")
     before = site.device.snapshot()
+    fleet_before = fleet_files(site.fleet)
     tool = site.provision()
     tool.code()
-    agent.out.wait_for("ended: not confirmed within 1 s; nothing was changed")
-    assert tool.wait() == 2  # its next keep-alive finds the session gone
-    assert "NoSessionError" in tool.err.text and "the device is as it was before" in tool.err.text
+    agent.out.wait_for("ended: not confirmed within 2 s; nothing was changed")
+    with contextlib.suppress(BrokenPipeError):  # the tool may have left already
+        tool.answer("yes")
+    assert tool.wait() == 2
+    assert "ConfirmTimeoutError: the device's confirm window of 2 s (PENDING.confirm_within) closed" in tool.err.text
+    assert "CONFIRM was not sent" in tool.err.text and "the device is as it was before" in tool.err.text
+    assert "issued certificate" not in tool.out.text
+    assert not [f for f in site.cable.frames(TO_DEVICE) if f.type == MsgType.CONFIRM]
+    assert fleet_files(site.fleet) == fleet_before
+    assert site.device.snapshot() == before
+
+
+def test_a_confirm_the_device_refuses_undoes_the_fleet_records(site: Site) -> None:
+    """The yes came in time, the fleet registered and certified the device, but CONFIRM reached the device
+    only after its window closed (the line lost the first tries): the device answers NoSessionError, the tool
+    reads back that the device committed nothing and puts the fleet directory back as it was."""
+    agent = site.agent("--confirm-timeout", "4", "--session-timeout", "8")
+    site.cable.faults.append(Fault(TO_DEVICE, lambda f: f.type == MsgType.CONFIRM
+                                   and "not confirmed within" not in agent.out.text, "drop", times=99))
+    before = site.device.snapshot()
+    fleet_before = fleet_files(site.fleet)
+    tool = site.provision("--retries", "12")
+    confirm(site, tool, agent)
+    assert tool.wait(90) == 2
+    assert "issued certificate cam-01" in tool.out.text and "registered device cam-01" in tool.out.text
+    assert "DeviceRefusedError: NoSessionError" in tool.err.text
+    assert "undid this run's fleet records (" in tool.out.text
+    assert "nothing was committed: the device is as it was before" in tool.err.text
+    assert [f for f in site.cable.frames(TO_DEVICE) if f.type == MsgType.CONFIRM]  # CONFIRM was sent
+    assert [f for f in site.cable.frames(TO_DEVICE) if f.type == MsgType.QUERY]  # and the device read back
+    assert fleet_files(site.fleet) == fleet_before
     assert site.device.snapshot() == before
 
 
@@ -678,6 +836,7 @@ def test_the_token_is_checked_again_at_provision_and_at_confirm(site: Site, tmp_
     shutil.copy(issue("b.token"), token_path)
     agent = site.agent()
     agent.out.wait_for(r"listening on .* \(device cam-01, reprovision\)")
+    fleet_before = fleet_files(site.fleet)  # the first provisioning's registration, certificate and records
     tool = site.provision()
     tool.code()
     shutil.copy(issue("c.token"), token_path)
@@ -685,6 +844,8 @@ def test_the_token_is_checked_again_at_provision_and_at_confirm(site: Site, tmp_
     assert tool.wait() == 2
     assert "DeviceRefusedError: ReprovisionTokenError" in tool.err.text
     assert "nothing was committed: the device is as it was before" in tool.err.text
+    assert "issued certificate cam-01" in tool.out.text and "undid this run's fleet records" in tool.out.text
+    assert fleet_files(site.fleet) == fleet_before  # the earlier certificate and its record are back
     agent.out.wait_for("CONFIRM refused: ReprovisionTokenError")
     agent.out.wait_for("ended: refused; nothing was changed")
     assert without_token(site.device.snapshot()) == before

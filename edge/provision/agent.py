@@ -111,6 +111,18 @@ class AgentSettings:
     linger: float = DEFAULT_LINGER  # after provisioning, answer status queries this long, then exit
     baudrate: int = DEFAULT_BAUD
 
+    def absolute(self) -> AgentSettings:
+        """The same settings with absolute paths. The state directory is sent in HELLO and written into the node
+        configuration, where a relative path would resolve from the configuration's folder; the commit journal
+        names every path and is read again at a later start, perhaps from another working directory."""
+        return replace(self, state_dir=_absolute(self.state_dir), config=_absolute(self.config),
+                       fleet_root=_absolute(self.fleet_root))
+
+
+def _absolute(path: Path) -> Path:
+    """`path` from the working directory, '..' folded (symlinks are kept, as the operator named them)."""
+    return Path(os.path.abspath(path))
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -699,6 +711,7 @@ def run_agent(settings: AgentSettings, should_stop: Callable[[], bool]) -> int:
     def log(msg: str) -> None:
         print(f"provision-agent: {msg}", file=sys.stderr, flush=True)
 
+    settings = settings.absolute()
     paths = Paths(settings.state_dir, settings.config)
     if not paths.dir.is_dir():
         paths.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -716,8 +729,10 @@ def cmd_provision_agent(args: Any) -> int:
     port; verifies what it is sent against the fleet root this device trusts, shows the confirmation code,
     commits atomically on CONFIRM and records it in the audit log, then leaves provisioning mode. On a
     provisioned device it answers status queries only, unless a valid signed re-provisioning token is in
-    STATE/provision/. Exit 0: stopped, or provisioned and idle for --linger; 2: could not start; 3: the
-    serial line went away; 4: a commit failed (the next start finishes it)."""
+    STATE/provision/. Relative --state-dir, --config and --fleet-root are taken from the working directory and
+    sent and written as absolute paths. Exit 0: stopped, or provisioned and idle for --linger; 2: could not
+    start; 3: the serial port went away (at once: a session ends and its stage is thrown away; systemd restarts
+    the agent); 4: a commit failed (the next start finishes it)."""
     import signal
     import threading
 

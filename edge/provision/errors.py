@@ -75,6 +75,11 @@ class ProvisionTimeoutError(ProvisionError):
     """No answer in time (after every retry), or a session waited too long for the technician."""
 
 
+class ConfirmTimeoutError(ProvisionTimeoutError):
+    """The technician's yes did not come within the device's confirm window (PENDING.confirm_within): the tool
+    sends no CONFIRM, registers and certifies nothing, and the device throws the bundle away."""
+
+
 class DeviceRefusedError(ProvisionError):
     """The device answered with an ERROR frame; `code` is the device's error class name."""
 
