@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -176,24 +177,44 @@ def cmd_operator_add(args: argparse.Namespace) -> int:
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
     """Write a production mosquitto configuration: TLS client certificates only, identity = CN, client id
-    forced to it, per-device ACLs from the topic layout, persistence; plus the broker's certificate."""
+    forced to it, per-device ACLs from the topic layout, persistence, logging to stderr (the journal under
+    systemd); plus the broker's certificate and key. Every path in mosquitto.conf is absolute. It listens on
+    every interface (IPv4 and IPv6) unless --bind names one address: devices reach it over the network,
+    and only clients with a certificate of this fleet get past TLS. Prints how to give the key and data
+    directory to the user mosquitto drops to when started as root."""
     fleet = Fleet(args.fleet_dir)
     ca = _ca(args)
-    out = Path(args.out_dir)
+    out = Path(args.out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     (out / "ca.crt").write_bytes(ca.cert_path.read_bytes())
     if not (out / "broker.crt").exists():
         ca.issue_broker([args.hostname, *args.alt_name], out)
-    conf = BrokerConfig(out, args.port, args.bind, log_dest="syslog", run_as=None).write(
-        [f"admin.{n}" for n in people(fleet, "admin")], [f"operator.{n}" for n in people(fleet, "operator")])
-    print(f"wrote {conf}, {out / 'acl'}, {out / 'broker.crt'}; run: mosquitto -c {conf} "
-          "(the key files must be readable by the user mosquitto runs as)")
+    config = BrokerConfig(out, args.port, args.bind)
+    conf = config.write([f"admin.{n}" for n in people(fleet, "admin")],
+                        [f"operator.{n}" for n in people(fleet, "operator")])
+    where = f"address {args.bind}" if args.bind else "every interface"
+    print(f"wrote {conf} (port {args.port}, {where}), {out / 'acl'}, {out / 'ca.crt'}, {out / 'broker.crt'} and "
+          f"{out / 'broker.key'} (0600)\n"
+          f"mosquitto started as root (as mosquitto.service does) drops to the user mosquitto, which must read the "
+          f"key and write the data directory; as root:\n"
+          f"  chown mosquitto: {out / 'broker.key'} && chown -R mosquitto: {out / 'data'}\n"
+          f"run: mosquitto -c {conf}   (it logs to stderr: the journal under systemd)")
     return 0
+
+
+class TailStopped(Exception):
+    """SIGTERM reached `events tail`: it stops as on Ctrl-C, and still prints its summary."""
+
+
+def _stop_tail(signum: int, _frame: object) -> None:
+    raise TailStopped(signal.Signals(signum).name)
 
 
 def cmd_events_tail(args: argparse.Namespace) -> int:
     """Print match events as JSON lines: each verified against its registered device, evidence opened with
-    the operator key, duplicates dropped by event id; anything forged, altered or expired is flagged."""
+    the operator key, duplicates dropped by event id; anything forged, altered or expired is flagged. Runs
+    until --count events, --idle-timeout seconds without a message, Ctrl-C or SIGTERM; then prints a summary
+    to stderr and exits 0. Every field it prints: docs/mqtt.md."""
     fleet = Fleet(args.fleet_dir)
     secret = passphrase("the operator key")
     names = people(fleet, "operator")
@@ -203,10 +224,13 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     tail = EventTail(fleet, operator_key(key_path, secret), now,
                      Path(args.evidence_dir) if args.evidence_dir else None)
     client = FleetClient(settings, settings.cert_file.stem)
+    previous = signal.signal(signal.SIGTERM, _stop_tail)  # `kill`, systemd, a container stop: as Ctrl-C
     try:
         counts = run_tail(client, tail, sys.stdout, args.count, args.idle_timeout, args.device or ())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TailStopped):
         counts = tail.counts
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps({"summary": counts.to_json()}), file=sys.stderr)
     return 0
 
@@ -457,11 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     b_sub = broker.add_subparsers(dest="broker_command", required=True)
     bconf = b_sub.add_parser("config", help="write mosquitto.conf, ACL and certificates",
                              description=cmd_broker_config.__doc__)
-    bconf.add_argument("--out-dir", required=True)
+    bconf.add_argument("--out-dir", required=True, help="where the files go (e.g. /etc/mosquitto/edge); a "
+                       "relative path is made absolute in mosquitto.conf")
     bconf.add_argument("--hostname", required=True, help="the name devices use to reach the broker")
     bconf.add_argument("--alt-name", action="append", default=[], help="more host names / IPs")
-    bconf.add_argument("--port", type=int, default=8883)
-    bconf.add_argument("--bind", default="0.0.0.0")
+    bconf.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    bconf.add_argument("--bind", metavar="ADDRESS", help="listen on this local address only, e.g. the camera "
+                       "network's (default: every interface, IPv4 and IPv6)")
     fleet_arg(bconf)
     bconf.set_defaults(func=cmd_broker_config)
 

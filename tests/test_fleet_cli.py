@@ -10,20 +10,23 @@ from pathlib import Path
 
 import pytest
 
+from edge.tls import DeviceTLS
+
 REPO = Path(__file__).resolve().parents[1]
 FOOTAGE = REPO / "edge" / "demo" / "footage"
 EXAMPLES = REPO / "docs" / "examples"
 
 
-def run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run(tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     module = "edge.cli" if tool == "edge-node" else "provisioning.cli"
-    env = {**os.environ, "EDGE_FLEET_PASSPHRASE": "correct horse"}
+    env = {**os.environ, "EDGE_FLEET_PASSPHRASE": "correct horse",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+                          timeout=300, check=False, cwd=cwd)
 
 
-def ok(tool: str, *args: str) -> str:
-    proc = run(tool, *args)
+def ok(tool: str, *args: str, cwd: Path | None = None) -> str:
+    proc = run(tool, *args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -135,3 +138,86 @@ def test_keys_are_never_overwritten_and_are_private(fleet: tuple[Path, Path]) ->
                            capture_output=True, text=True, env={**os.environ, "EDGE_FLEET_PASSPHRASE": "wrong"},
                            timeout=120, check=False)
     assert wrong.returncode == 2 and "wrong passphrase" in wrong.stderr and "root-1.pem" in wrong.stderr
+
+
+def test_cert_request_prints_the_real_paths_and_its_hints_run_as_printed(fleet: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """The hint's commands, pasted as printed (only FLEET_DIR is the admin's to fill in), issue and install."""
+    f, node = fleet
+    work = tmp_path / "work"
+    work.mkdir()
+    out = ok("edge-node", "cert", "request", "--state-dir", str(node), cwd=work).splitlines()
+    csr = Path(out[0])
+    assert csr.is_absolute() and csr.is_file() and b"CERTIFICATE REQUEST" in csr.read_bytes()
+    issue = next(line.split() for line in out if line.strip().startswith("edge-fleet cert issue"))
+    install = next(line.split() for line in out if line.strip().startswith("edge-node cert install"))
+    assert issue[issue.index("--csr") + 1] == str(csr)
+    assert install[install.index("--state-dir") + 1] == str(node.absolute())
+    assert issue.count("FLEET_DIR") == 1  # the one path the device cannot know
+    issue[issue.index("FLEET_DIR")] = str(f)
+    ok(issue[0], *issue[1:], cwd=work)
+    (work / "ca.crt").write_bytes((f / "ca" / "ca.crt").read_bytes())  # "the fleet's FLEET_DIR/ca/ca.crt"
+    assert "installed" in ok(install[0], *install[1:], cwd=work)
+    assert DeviceTLS(node).cert.is_file()
+
+
+def test_broker_config_from_a_relative_out_dir_runs_from_anywhere(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`broker config --out-dir broker` (relative) writes absolute paths; the real mosquitto started from `/`
+    with it serves the fleet's tools. As root it is started the production way: no `user` line, so it drops
+    to the user mosquitto, after the ownership commands the tool printed."""
+    import pwd
+    import shutil
+    import tempfile
+
+    from mqttworld import Broker, free_port
+
+    from provisioning.broker import BrokerConfig
+    from provisioning.ca import FleetCA
+
+    f = tmp_path / "fleet"
+    ok("edge-fleet", "init", "--fleet-dir", str(f), "--fleet", "acme")
+    ok("edge-fleet", "operator", "add", "console", "--fleet-dir", str(f))
+    as_root = os.geteuid() == 0
+    # the user mosquitto must reach its files: pytest's own temp root is private to root
+    admin_dir = Path(tempfile.mkdtemp(prefix="broker-cfg-")) if as_root else tmp_path / "admin"
+    admin_dir.mkdir(exist_ok=True)
+    admin_dir.chmod(0o755)
+    try:
+        port = free_port()
+        printed = ok("edge-fleet", "broker", "config", "--out-dir", "broker", "--hostname", "localhost",
+                     "--alt-name", "127.0.0.1", "--port", str(port), "--bind", "127.0.0.1", "--fleet-dir", str(f),
+                     cwd=admin_dir)
+        bdir = admin_dir / "broker"
+        conf = (bdir / "mosquitto.conf").read_text()
+        paths = [line.split()[-1] for line in conf.splitlines()
+                 if line.split()[:1] in (["persistence_location"], ["acl_file"], ["cafile"], ["certfile"],
+                                         ["keyfile"])]
+        assert len(paths) == 5 and all(p.startswith(str(bdir)) for p in paths), conf
+        assert "log_dest stderr" in conf and f"listener {port} 127.0.0.1" in conf and "\nuser " not in conf
+        assert f"mosquitto -c {bdir / 'mosquitto.conf'}" in printed and "address 127.0.0.1" in printed
+        chown = next(line.strip() for line in printed.splitlines() if line.strip().startswith("chown mosquitto:"))
+        assert str(bdir / "broker.key") in chown and str(bdir / "data") in chown
+        if as_root:
+            subprocess.run(["sh", "-c", chown], check=True, timeout=30)
+        monkeypatch.chdir("/")  # mosquitto would resolve relative paths from here
+        broker = Broker(bdir, port, FleetCA(f, b"correct horse"))
+        broker.start()
+        try:
+            assert broker.proc is not None
+            if as_root:  # it dropped privileges and still read the 0600 key
+                uid = next(line.split()[1] for line in Path(f"/proc/{broker.proc.pid}/status").read_text()
+                           .splitlines() if line.startswith("Uid:"))
+                assert int(uid) == pwd.getpwnam("mosquitto").pw_uid
+            tail = run("edge-fleet", "events", "tail", "--broker", f"mqtts://127.0.0.1:{port}", "--idle-timeout",
+                       "1", "--fleet-dir", str(f))
+            assert tail.returncode == 0, tail.stderr  # TLS with the fleet's certificates, the ACL's subscription
+        finally:
+            broker.stop()
+        log = (bdir / "mosquitto.log").read_text()
+        assert "operator.console" in log, log  # connection messages reach stderr (the journal under systemd)
+    finally:
+        if as_root:
+            shutil.rmtree(admin_dir)
+    # and without --bind: every interface, IPv4 and IPv6
+    assert "listener 8883\n" in BrokerConfig(Path("rel"), 8883).render()
