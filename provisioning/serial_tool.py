@@ -242,7 +242,7 @@ class FleetWrites:
         """Remember these files (and any missing directory above them, inside the fleet directory) before they
         are written."""
         for path in paths:
-            for d in [*reversed(path.parents), path.parent]:
+            for d in reversed(path.parents):  # outermost first
                 if d.is_relative_to(self.top) and d != self.top and not d.exists() and d not in self._made:
                     self._made.append(d)
             try:
