@@ -25,6 +25,8 @@ def render_acl(admins: Sequence[str], operators: Sequence[str]) -> str:
         f"pattern write {PREFIX}/%u/{COMMAND_RESULT}",
         f"pattern read {PREFIX}/%u/{COMMAND}/#",
         "",
+        "# Admins: write any device's commands (cmd/shard-push is retained: the device's desired shard, which only",
+        "# admins can set, replace or clear), read results, state and audit. Operators: read events and state.",
     ]
     for cn in admins:
         lines += [f"user {cn}", f"topic write {PREFIX}/+/{COMMAND}/#", f"topic read {PREFIX}/+/{COMMAND_RESULT}",
