@@ -90,6 +90,15 @@ def _in_force(store: ShardStore, data: bytes) -> bool:
     return isinstance(current, dict) and current.get("manifest_sha256") == hashlib.sha256(envelope).hexdigest()
 
 
+@dataclass(frozen=True)
+class HeldEvent:
+    """A signed match event committed but not yet sendable (`seq` None: no outbox, printed only)."""
+
+    event_id: str
+    seq: int | None
+    payload: bytes
+
+
 class EventService:
     """One device's outgoing events and incoming commands."""
 
@@ -118,25 +127,47 @@ class EventService:
         self.link.start()
 
     def drain(self, timeout: float) -> bool:
-        """Wait until the outbox is empty (everything acknowledged) or `timeout` passes; True if empty.
-        Whatever is left stays in the outbox and goes out on the next start."""
+        """Wait until every sendable row is acknowledged or `timeout` passes; True if none is left. Rows
+        left (broker away, no subscriber yet, held) stay in the outbox and go out after the next start."""
         deadline = time.monotonic() + timeout
-        while self.outbox.stats().pending and time.monotonic() < deadline:
+        self.link.wake()
+        while self.outbox.sendable() and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self.outbox.stats().pending == 0
+        return self.outbox.sendable() == 0
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking commands, say offline and disconnect (each wait at most `timeout`), close the outbox."""
         self.commands.stop()
-        self.link.stop()
+        self.link.stop(timeout)
         self.outbox.close()
+
+    def hold(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+             context: bytes | None = None) -> HeldEvent:
+        """Sign and commit one match event, held: durable in the outbox but not sent until `release`."""
+        event_id, expires, build = self.signer.prepare(draft, crop, media_type, context)
+        signed: list[bytes] = []
+
+        def keep(seq: int) -> tuple[str, bytes]:
+            eid, payload = build(seq)
+            signed.append(payload)
+            return eid, payload
+
+        seq = self.outbox.enqueue(self.link.topics.match, expires.timestamp(), keep, hold=True)
+        return HeldEvent(event_id, seq, signed[-1])
+
+    def release(self, held: HeldEvent) -> None:
+        """The held event may go now (the node has it on its record)."""
+        if held.seq is not None:
+            self.outbox.release(held.seq)
+            self.link.wake()
 
     def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
              context: bytes | None = None) -> str:
-        """Sign and commit one match event; returns its event id once it is durable in the outbox."""
-        event_id, expires, build = self.signer.prepare(draft, crop, media_type, context)
-        self.outbox.enqueue(self.link.topics.match, expires.timestamp(), build)
-        self.link.wake()
-        return event_id
+        """Sign, commit and release one match event at once (a service that keeps no record of its own);
+        returns its event id once it is durable in the outbox."""
+        held = self.hold(draft, crop, media_type, context)
+        self.release(held)
+        return held.event_id
 
 
 class EventSigner:
