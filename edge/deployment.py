@@ -5,7 +5,7 @@ each deployment achieved: faces seen, alerts, confirmed, dismissed."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,6 +53,80 @@ class DeploymentGate:
                                                 f"cameras ({', '.join(dep.cameras)})")
         # the loader refused any shard whose threshold is below the model's floor
         return Admission(shard, dep.threshold)
+
+
+Record = Callable[[str, dict[str, Any]], None]  # (audit kind, data): the node's audit log
+
+
+class DeploymentUse:
+    """The start and end of each use of a deployment on the record (G8), written where matching starts and
+    stops (the inference thread, under the gate) so a deployment's `deployment-start` is durable before any
+    alert under it. Thread-safe; a second end, or a start of the deployment already in use, writes nothing."""
+
+    def __init__(self, record: Record, camera_id: str):
+        self._record = record
+        self.camera_id = camera_id
+        self._lock = threading.Lock()
+        self._in_use: str | None = None
+
+    @property
+    def in_use(self) -> str | None:
+        with self._lock:
+            return self._in_use
+
+    def begin(self, shard: AcceptedShard) -> None:
+        """Matching is about to start under this shard (a different deployment ends the current use)."""
+        m = shard.manifest
+        with self._lock:
+            if self._in_use == m.deployment.id:
+                return
+            if self._in_use is not None:
+                self._record("deployment-end", {"deployment_id": self._in_use, "reason": "shard replaced"})
+            self._record("deployment-start", {"deployment_id": m.deployment.id, "camera_id": self.camera_id,
+                                              "shard": {"id": m.shard_id, "version": m.version},
+                                              "threshold": m.deployment.threshold})
+            self._in_use = m.deployment.id
+
+    def end(self, reason: str) -> None:
+        """Matching has stopped: a refusal's code, or `node stopping`."""
+        with self._lock:
+            if self._in_use is None:
+                return
+            self._record("deployment-end", {"deployment_id": self._in_use, "reason": reason})
+            self._in_use = None
+
+
+UNCLEAN_STOP = "unclean-stop"  # the reason of a deployment-end written at start for a session that was killed
+
+
+@dataclass(frozen=True)
+class OpenUse:
+    """A deployment-start with no deployment-end after it: the last session stopped without closing it."""
+
+    deployment_id: str
+    started_seq: int
+    last_seq: int  # the last record of the log when it was found: the latest the use is known to have lasted
+    last_ts: datetime
+
+    def closing_record(self) -> dict[str, Any]:
+        """The deployment-end that closes it, saying it was not closed cleanly."""
+        return {"deployment_id": self.deployment_id, "reason": UNCLEAN_STOP, "started_seq": self.started_seq,
+                "last_seq": self.last_seq, "last_ts": format_time(self.last_ts)}
+
+
+def open_use(entries: Iterable[AuditEntry]) -> OpenUse | None:
+    """The deployment use the log leaves open, if any."""
+    start: AuditEntry | None = None
+    last: AuditEntry | None = None
+    for e in entries:
+        last = e
+        if e.kind == "deployment-start":
+            start = e
+        elif e.kind == "deployment-end":
+            start = None
+    if start is None or last is None:
+        return None
+    return OpenUse(str(start.data["deployment_id"]), start.seq, last.seq, last.ts)
 
 
 class UnknownAlertError(Exception):

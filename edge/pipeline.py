@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edge.config import TrackingConfig
-from edge.deployment import Admission, DeploymentGate, Effectiveness, Refusal
+from edge.deployment import Admission, DeploymentGate, DeploymentUse, Effectiveness, Refusal
 from edge.events.messages import ModelRef, ShardRef
 from edge.events.service import MatchDraft
 from edge.pool import FramePool
@@ -161,7 +161,8 @@ class Pipeline:
     def __init__(self, settings: PipelineSettings, camera: FrameReader, analyzer: FaceAnalyzer,
                  gate: DeploymentGate, sink: AlertSink, clock: Callable[[], datetime],
                  capture_beat: Beat | None = None, inference_beat: Beat | None = None,
-                 effectiveness: Effectiveness | None = None):
+                 effectiveness: Effectiveness | None = None, use: DeploymentUse | None = None):
+        """`use` records where matching starts and stops under a deployment (the node's audit log)."""
         self.settings = settings
         self.camera = camera
         self.analyzer = analyzer
@@ -170,6 +171,7 @@ class Pipeline:
         self.clock = clock
         self.counters = Counters()
         self.effectiveness = effectiveness or Effectiveness()
+        self.use = use
         self.pool = FramePool(2 * settings.pool_slots)
         self.mailbox = Mailbox(drop_old=settings.live)
         spec = analyzer.embedder_spec
@@ -286,7 +288,7 @@ class Pipeline:
         finally:
             while (left := self.mailbox.take(0)) is not None:  # a frame put as we stopped: zero it too
                 self._release(left)
-            self._drop_matcher()
+            self._drop_matcher("node stopping")
             self.tracker.reset()
             self._queries.fill(0)
 
@@ -311,8 +313,9 @@ class Pipeline:
         matcher if matching is no longer allowed, so nothing of a past face waits in memory."""
         if self.settings.live:
             self.tracker.expire(time.monotonic())
-        if self.refusal is not None:
-            self._drop_matcher()
+        refusal = self.refusal
+        if refusal is not None:
+            self._drop_matcher(refusal.code)
 
     def _process(self, item: Captured) -> None:
         with self.gate.watchlist.in_use():  # the shard cannot be wiped while this frame is matched against it
@@ -324,7 +327,7 @@ class Pipeline:
         if isinstance(decision, Refusal):
             self.refusal = decision
             self.counters.add(outside_deployment=1)
-            self._drop_matcher()
+            self._drop_matcher(decision.code)
             return
         matcher = self._matcher_for(decision)
         try:
@@ -365,6 +368,8 @@ class Pipeline:
 
     def _matcher_for(self, admission: Admission) -> Matcher:
         if self._matcher is None or admission.shard is not self._shard:
+            if self.use is not None:  # on the record (durably) before the first frame is matched
+                self.use.begin(admission.shard)
             self.tracker.reset()  # a new watch list: tracks and their votes start again
             self._shard = admission.shard
             self._matcher = Matcher(admission.shard.gallery, MatchPolicy(admission.threshold, MIN_MARGIN))
@@ -372,9 +377,12 @@ class Pipeline:
                      admission.shard.manifest.version, admission.threshold)
         return self._matcher
 
-    def _drop_matcher(self) -> None:
+    def _drop_matcher(self, reason: str) -> None:
+        """Matching stops (`reason`: a refusal's code, or `node stopping`): the matcher and tracks go."""
         if self._matcher is not None:
             self._matcher.release()
             self._matcher = None
             self._shard = None
             self.tracker.reset()
+        if self.use is not None:
+            self.use.end(reason)

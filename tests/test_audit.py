@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.audit import AuditLog, AuditRecordError, AuditTamperError, verify_log
-from edge.trust.times import now
+from edge.trust.times import format_time, now
 
 KEY = Ed25519PrivateKey.generate()
 
@@ -93,7 +93,7 @@ WRITER = """
 import sys
 from pathlib import Path
 from edge.audit import AuditLog
-from edge.trust.times import now
+from edge.trust.times import format_time, now
 log = AuditLog(Path(sys.argv[1]), now)
 while True:
     log.append("alert", {"event_id": "e", "entry_id": "wl-1", "score": 0.95, "pad": "p" * 300})
@@ -161,3 +161,59 @@ def test_pruning_old_records_keeps_a_verifiable_log(tmp_path: Path) -> None:
     # and nothing to prune is a no-op
     write(log.path, kept)
     assert AuditLog(log.path, lambda: t[0]).prune(datetime(2025, 1, 1, tzinfo=UTC)) == 0
+
+
+def test_a_deployment_use_is_recorded_once_where_it_starts_and_ends(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeploymentUse writes a start before anything is matched under it and one end, whoever calls it."""
+    from shardworld import make_world
+
+    from edge.deployment import DeploymentUse, open_use
+
+    world = make_world(tmp_path, monkeypatch)
+    shard = world.store.load(world.issue(), world.model, now())
+    log = AuditLog(tmp_path / "audit.jsonl", now)
+    use = DeploymentUse(log.append, "gate-a")
+    use.begin(shard)
+    use.begin(shard)  # every new matcher for the same deployment: no second start
+    assert use.in_use == shard.manifest.deployment.id
+    assert open_use(log.entries()) is not None
+    use.end("after-window")
+    use.end("node stopping")  # the node's fallback at stop after the inference thread's own end: nothing
+    use.begin(shard)
+    use.end("node stopping")
+    shard.gallery.wipe()
+    records = [(e.kind, dict(e.data)) for e in log.entries()]
+    dep = shard.manifest.deployment.id
+    start = {"deployment_id": dep, "camera_id": "gate-a", "threshold": shard.manifest.deployment.threshold,
+             "shard": {"id": shard.manifest.shard_id, "version": shard.manifest.version}}
+    assert records == [("deployment-start", start),
+                       ("deployment-end", {"deployment_id": dep, "reason": "after-window"}),
+                       ("deployment-start", start),
+                       ("deployment-end", {"deployment_id": dep, "reason": "node stopping"})]
+    assert open_use(log.entries()) is None
+
+
+def test_a_use_a_killed_session_left_open_is_found_and_closed_as_unclean(tmp_path: Path) -> None:
+    from edge.deployment import UNCLEAN_STOP, open_use
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, now)
+    log.append("node-start", {})
+    log.append("deployment-start", {"deployment_id": "dep-1"})
+    log.append("deployment-end", {"deployment_id": "dep-1", "reason": "node stopping"})
+    log.append("node-stop", {})
+    assert open_use(log.entries()) is None  # a clean session
+    log.append("node-start", {})
+    started = log.append("deployment-start", {"deployment_id": "dep-2"})
+    last = log.append("alert", {"event_id": "e1", "deployment_id": "dep-2"})
+    # SIGKILL here: no deployment-end, no node-stop
+    found = open_use(AuditLog(path, now).entries())
+    assert found is not None and (found.deployment_id, found.started_seq, found.last_seq) == ("dep-2", started.seq,
+                                                                                            last.seq)
+    log.append("deployment-end", found.closing_record())
+    end = list(log.entries())[-1]
+    assert end.data["reason"] == UNCLEAN_STOP and end.data["last_ts"] == format_time(last.ts)
+    assert open_use(log.entries()) is None
+    cp = log.checkpoint("cam-01", KEY)
+    assert verify_log(path.read_bytes(), str(path), KEY.public_key(), [cp]).records == 8
