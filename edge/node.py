@@ -14,25 +14,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge.audit import AuditLog
+from edge.alerts import AuditedSink, HoldingSink, PrintSink, recover_held_alerts
+from edge.audit import AuditEntry, AuditLog
 from edge.capture import CameraSupervisor, open_source
 from edge.config import MqttConfig, NodeConfig
-from edge.deployment import DeploymentGate, Effectiveness, UnknownAlertError
+from edge.deployment import DeploymentGate, DeploymentUse, Effectiveness, UnknownAlertError, open_use
 from edge.events.commands import Command, CommandFailedError
 from edge.events.ids import uuid7
 from edge.events.link import BrokerSettings
-from edge.events.service import EventService, EventSigner, MatchDraft, shard_push_handler
+from edge.events.service import EventService, EventSigner, shard_push_handler
 from edge.identity import DeviceIdentity, load_identity
 from edge.pipeline import Pipeline, PipelineSettings
 from edge.systemd import Heartbeat, Notifier, WatchdogFeeder, disable_core_dumps, watchdog_interval
 from edge.tls import DeviceTLS
-from edge.trust.canonical import canonical
 from edge.trust.keys import x25519_public
 from edge.trust.root import TrustError
 from edge.trust.times import format_time, now, parse_time
@@ -50,88 +50,28 @@ from edge.watchlist.store import ActiveWatchList, ShardStore
 log = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
 CHECKPOINT_EVERY = 600.0  # seconds between signed audit checkpoints (and evidence purges, effectiveness records)
+# Stopping (SIGTERM, or a finite replay's end) must fit systemd's TimeoutStopSec (systemd/edge-node.service):
+# the pipeline winds down, the outbox is drained for what time is left, then the link says offline and closes.
+STOP_TIMEOUT_S = 30.0  # = TimeoutStopSec
+PIPELINE_JOIN_S = 10.0  # at most this for the capture and inference threads to end
+LINK_STOP_S = 2.0  # each of the link's two waits at stop (publisher thread, the offline state's PUBACK)
+STOP_MARGIN_S = 3.0  # left after the link stops: models released, vault closed, process exit
 
 
-class AuditedSink:
-    """Records each alert once it is sent: its crops in the evidence vault (until review or retention) and a
-    line in the audit log (event id, entry id, score: never an image)."""
+@dataclass(frozen=True)
+class StopDeadline:
+    """The time by which a stopping node must have exited; each step takes what is left."""
 
-    def __init__(self, sink: Any, audit: AuditLog, vault: EvidenceVault | None = None,
-                 retention_days: Callable[[str], int] = lambda _dep: DEFAULT_RETENTION_DAYS):
-        self.sink = sink
-        self.audit = audit
-        self.vault = vault
-        self.retention_days = retention_days
+    at: float = field(default_factory=time.monotonic)
+    timeout: float = STOP_TIMEOUT_S
 
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
-             context: bytes | None = None) -> str:
-        event_id: str = self.sink.emit(draft, crop, media_type, context)
-        kept = False
-        if self.vault is not None and (crop is not None or context is not None):
-            try:
-                self.vault.store(event_id, draft.deployment_id, self.retention_days(draft.deployment_id), crop,
-                                 context, media_type)
-                kept = True
-            except VaultError as exc:  # the event (with its sealed crops) is out; the node's copy is not
-                log.error("evidence of event %s was not kept: %s", event_id, exc)
-        self.audit.append("alert", {"evidence_kept": kept,
-                                    "event_id": event_id, "entry_id": draft.entry_id, "score": round(draft.score, 4),
-                                    "threshold": draft.threshold, "track_id": draft.track_id,
-                                    "camera_id": draft.camera_id, "deployment_id": draft.deployment_id,
-                                    "shard": {"id": draft.shard.id, "version": draft.shard.version},
-                                    "frames_agreeing": draft.frames_agreeing})
-        return event_id
+    def left(self, keep: float = 0.0) -> float:
+        """Seconds left before the deadline, keeping `keep` back for the steps after."""
+        return max(0.0, self.at + self.timeout - keep - time.monotonic())
 
 
 class NodeError(Exception):
     """The node cannot start (names the file or setting at fault)."""
-
-
-def compact(payload: bytes) -> dict[str, Any]:
-    """A signed event for a terminal: the sealed crops shown by size and recipient instead of ~20 kB of base64."""
-    doc: dict[str, Any] = json.loads(payload)
-    for part in ("evidence", "context"):
-        ev = doc.get(part)
-        if isinstance(ev, dict):
-            doc[part] = {"sealed_to": ev["recipient"][:16], "media_type": ev["media_type"],
-                         "base64_chars": len(ev["ciphertext"])}
-    return doc
-
-
-class PrintSink:
-    """Alerts as signed match events, one JSON line each (a node without MQTT, and the demo); with `then`,
-    each event is also committed to that service's outbox and published."""
-
-    def __init__(self, signer: EventSigner, out: TextIO, then: EventService | None = None,
-                 show: Callable[[bytes], dict[str, Any]] = compact):
-        self.signer = signer
-        self.out = out
-        self.then = then
-        self.show = show
-        self._seq = 0
-        self._lock = threading.Lock()
-
-    def emit(self, draft: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
-             context: bytes | None = None) -> str:
-        with self._lock:
-            event_id, expires, build = self.signer.prepare(draft, crop, media_type, context)
-            if self.then is not None:  # the outbox assigns the seq; print exactly what it will send
-                sent: list[bytes] = []
-
-                def keep(seq: int) -> tuple[str, bytes]:
-                    eid, payload = build(seq)
-                    sent.append(payload)
-                    return eid, payload
-
-                self.then.outbox.enqueue(self.then.link.topics.match, expires.timestamp(), keep)
-                self.then.link.wake()
-                payload = sent[0]
-            else:
-                self._seq += 1
-                payload = build(self._seq)[1]
-            self.out.write(canonical(self.show(payload)).decode() + "\n")
-            self.out.flush()
-            return event_id
 
 
 def broker_settings(config: NodeConfig, mqtt: MqttConfig) -> BrokerSettings:
@@ -159,14 +99,16 @@ class Node:
 
     def __init__(self, config: NodeConfig, out: TextIO = sys.stdout, notifier: Notifier | None = None,
                  clock: Callable[[], datetime] = now, operator_key: X25519PublicKey | None = None,
-                 print_events: bool = False, harden: bool = True):
+                 print_events: bool = False, harden: bool = True, stop_timeout: float = STOP_TIMEOUT_S):
         """`operator_key` seals evidence when there is no [mqtt] section (the demo); `print_events` also
-        prints each event as a JSON line when MQTT is on."""
+        prints each event as a JSON line when MQTT is on; `stop_timeout` bounds stopping, outbox drain
+        included."""
         self.config = config
         self.out = out
         self.operator_key = operator_key
         self.print_events = print_events
         self.harden = harden  # core dumps off for the whole process (tests running in-process opt out)
+        self.stop_timeout = stop_timeout
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.watchlist = ActiveWatchList()
@@ -178,7 +120,7 @@ class Node:
         self.audit: AuditLog | None = None
         self.vault: EvidenceVault | None = None
         self.effectiveness = Effectiveness()
-        self._in_use: str | None = None  # the deployment matching is running under, for start/end records
+        self.use = DeploymentUse(self._audit, config.camera.id)  # start/end of matching under a deployment
         self._recorded: dict[str, Any] | None = None  # the last effectiveness record written
         self.ready = threading.Event()
 
@@ -246,9 +188,25 @@ class Node:
         if pruned:
             log.info("pruned %d audit records older than %d days", pruned, self.config.audit_retention_days)
 
+    def _close_unclean_use(self, entries: list[AuditEntry]) -> None:
+        """A session killed while matching left its deployment-start open: close it on the record, saying
+        it was not a clean stop and the last record known from that session."""
+        unclosed = open_use(entries)
+        if unclosed is not None:
+            log.warning("deployment %s was in use when the node last stopped uncleanly; closing it on the record",
+                        unclosed.deployment_id)
+            self._audit("deployment-end", unclosed.closing_record())
+
+    def _recover_held(self, identity: DeviceIdentity) -> None:
+        """Alerts a kill left committed but unsent: put each on the record, then let it go (edge.alerts)."""
+        assert self.events is not None and self.audit is not None and self.vault is not None
+        recover_held_alerts(self.events.outbox, self.audit, self.effectiveness, self.events.link.topics.match,
+                            identity.signing_key.public_key(), set(self.vault.event_ids()))
+
     def _drop_unrecorded_evidence(self) -> None:
-        """Evidence is stored just before its alert is recorded; a kill in between leaves crops that no audit
-        record accounts for. Nothing is kept off the record: they are deleted, and that is recorded."""
+        """Evidence is stored before its alert is recorded; a kill in between leaves crops that no audit
+        record accounts for (their held events were recorded first, if there is an outbox). Nothing is kept
+        off the record: they are deleted, and that is recorded."""
         assert self.vault is not None
         orphans = [e for e in self.vault.event_ids() if not self.effectiveness.alerted(e)]
         for event_id in orphans:
@@ -287,26 +245,6 @@ class Node:
             raise CommandFailedError(f"outcome recorded; the evidence could not be deleted: {exc}") from None
         return {"event_id": event_id, "outcome": outcome, "deployment_id": deployment_id,
                 "evidence_deleted": deleted}
-
-    def _track_use(self, stopping: bool = False) -> None:
-        """Record when matching starts and ends under a deployment (G8: the start and end of each use)."""
-        p = self.pipeline
-        if not stopping and p is not None and p.refusal is None and p.shard is None:
-            return  # no frame judged yet, or the pipeline is winding down: nothing has changed
-        shard = None if p is None or stopping or p.refusal is not None else p.shard
-        now_in_use = None if shard is None else shard.manifest.deployment.id
-        if now_in_use == self._in_use:
-            return
-        if self._in_use is not None:
-            why = "node stopping" if stopping else (
-                p.refusal.code if p is not None and p.refusal is not None else "shard replaced")
-            self._audit("deployment-end", {"deployment_id": self._in_use, "reason": why})
-        if shard is not None:
-            m = shard.manifest
-            self._audit("deployment-start", {"deployment_id": m.deployment.id, "camera_id": self.config.camera.id,
-                                             "shard": {"id": m.shard_id, "version": m.version},
-                                             "threshold": m.deployment.threshold})
-        self._in_use = now_in_use
 
     def _record_effectiveness(self) -> None:
         """An `effectiveness` record when the figures changed since the last one (faces seen are restored
@@ -349,25 +287,37 @@ class Node:
         return (f"{p.fps:.1f} fps, {c['faces']} faces ({c['below_quality']} low quality, {c['discarded']} no match, "
                 f"{matched} matched), {c['alerts']} alerts; {shard}; {matching}{camera}{link}")
 
+    def _drain(self, events: EventService, deadline: StopDeadline) -> None:
+        """Stopping: what is in the outbox goes out while the stop timeout allows (the alerts and the
+        closing checkpoint); what cannot (broker away) stays in the outbox for the next start."""
+        budget = deadline.left(2 * LINK_STOP_S + STOP_MARGIN_S)
+        if events.drain(budget):
+            log.info("outbox drained")
+        else:
+            log.warning("stopping with %d outbox row(s) not yet taken by the broker (waited %.1f s); they are "
+                        "kept and sent after the next start", events.outbox.stats().pending, budget)
+        events.stop(LINK_STOP_S)
+
     def run(self, stop: threading.Event) -> int:
         if self.harden:
             disable_core_dumps()
         cfg = self.config
         identity: DeviceIdentity = load_identity(cfg.state_dir)
         self.audit = AuditLog.in_state_dir(cfg.state_dir, self.clock)
+        entries = list(self.audit.entries())
+        self._close_unclean_use(entries)
         self._audit("node-start", {"device_id": identity.device_id, "camera_id": cfg.camera.id,
                                    "config": str(cfg.source_file) if cfg.source_file else None,
                                    "profile": cfg.profile})
-        self.effectiveness.restore(self.audit.entries())
+        self.effectiveness.restore(entries)
         self.vault = EvidenceVault.in_state_dir(cfg.state_dir, identity.storage_key(STORAGE_PURPOSE), self.clock)
-        self._drop_unrecorded_evidence()
         self._purge()
         store = ShardStore(cfg.state_dir)
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(cfg.vision)
         self._load_shard(store, analyzer)
         signer_key = operator_public_key(cfg.mqtt) if cfg.mqtt else self.operator_key
-        sink: Any
+        sink: HoldingSink
         if cfg.mqtt is not None:
             handlers = {"shard-push": shard_push_handler(store, analyzer.embedder_spec, self._on_shard),
                         "purge": self._purge_command, "review": self._review_command}
@@ -377,15 +327,17 @@ class Node:
                                        state_detail=self.state_detail, state_every=cfg.mqtt.state_every_s,
                                        record=self._record_command)
             sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
+            self._recover_held(identity)  # before the link starts: nothing leaves unrecorded
         else:
             sink = PrintSink(EventSigner(identity, signer_key), self.out)
-        sink = AuditedSink(sink, self.audit, self.vault, self._retention_days)
+        self._drop_unrecorded_evidence()
         self.camera = CameraSupervisor(open_source(cfg.camera))
         live = cfg.camera.source != "replay" or cfg.camera.realtime
         self.pipeline = Pipeline(
             PipelineSettings(cfg.camera.id, cfg.tracking, live=live, replay_fps=cfg.camera.fps),
-            self.camera, analyzer, DeploymentGate(self.watchlist, cfg.camera.id), sink, self.clock,
-            self.capture_beat, self.inference_beat, self.effectiveness)
+            self.camera, analyzer, DeploymentGate(self.watchlist, cfg.camera.id),
+            AuditedSink(sink, self.audit, self.vault, self._retention_days), self.clock,
+            self.capture_beat, self.inference_beat, self.effectiveness, self.use)
         feeder_stop = threading.Event()
         camera = self.camera
         probes: dict[str, Callable[[], bool]] = {
@@ -427,23 +379,21 @@ class Node:
                     next_status = time.monotonic() + STATUS_EVERY
                 if self.pipeline.join(timeout=0.2):
                     break  # a finite replay has ended
-                self._track_use()
         finally:
+            deadline = StopDeadline(timeout=self.stop_timeout)
             self.notifier.stopping()
             feeder_stop.set()
             self.camera.stop()
             self.pipeline.stop()
-            if self.pipeline.join(10):
+            if self.pipeline.join(min(PIPELINE_JOIN_S, deadline.left(2 * LINK_STOP_S + STOP_MARGIN_S))):
                 self.camera.close()  # only once the capture thread is out of read()
-            self._track_use(stopping=True)
+            self.use.end("node stopping")  # the inference thread wrote it, unless it is stuck
             self._record_effectiveness()
             self._audit("node-stop", {"counters": self.pipeline.counters.snapshot(),
                                       "error": self.pipeline.error})
             self._checkpoint(identity)
             if self.events is not None:
-                if not stop.is_set():  # a replay that ended: give its last events a moment to go out
-                    self.events.drain(10.0)
-                self.events.stop()
+                self._drain(self.events, deadline)
             analyzer.release()
             self.watchlist.swap(None)
             self.vault.close()

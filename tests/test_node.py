@@ -244,8 +244,27 @@ def test_the_audit_log_records_the_run_without_biometric_data(
     assert ends == [{"deployment_id": starts[0]["deployment_id"], "reason": "node stopping"}]
     assert kinds.index("shard-accepted") < kinds.index("deployment-start") < kinds.index("alert") \
         < kinds.index("deployment-end") < kinds.index("node-stop")
+    # causal: every alert comes after the start of its deployment's use, with no end in between
+    in_use: str | None = None
+    for r in records:
+        if r["kind"] == "deployment-start":
+            in_use = r["data"]["deployment_id"]
+        elif r["kind"] == "deployment-end":
+            in_use = None
+        elif r["kind"] == "alert":
+            assert r["data"]["deployment_id"] == in_use, r
     alerts = [r["data"] for r in records if r["kind"] == "alert"]
     assert [a["event_id"] for a in alerts[:2]] == [e["event_id"] for e in events]
     assert kinds.count("node-stop") >= 1
     for word in (b"embedding", b"crop", b"ciphertext", b"\xff\xd8"):
         assert word not in raw
+
+
+def test_the_stop_bound_is_the_units_stop_timeout() -> None:
+    """Stopping (outbox drain included) is bounded by systemd's TimeoutStopSec: one number, checked here."""
+    from edge.node import LINK_STOP_S, PIPELINE_JOIN_S, STOP_MARGIN_S, STOP_TIMEOUT_S
+
+    unit = (Path(__file__).parents[1] / "systemd" / "edge-node.service").read_text()
+    [line] = [x for x in unit.splitlines() if x.startswith("TimeoutStopSec=")]
+    assert float(line.split("=", 1)[1].rstrip("s")) == STOP_TIMEOUT_S
+    assert PIPELINE_JOIN_S + 2 * LINK_STOP_S + STOP_MARGIN_S < STOP_TIMEOUT_S  # time is left to drain
