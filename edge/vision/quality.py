@@ -15,6 +15,10 @@ from edge.vision.detect import Detection
 
 # BlazeFace's nose tip sits this far from the eye line towards the mouth centre on a frontal face.
 FRONTAL_NOSE_RATIO = 0.53
+# Sharpness: the weakest of four directional second-difference energies of the aligned grey face, over its
+# mean local variance (Gaussian window of this sigma, px of the embedder input), times SHARPNESS_SCALE.
+LOCAL_CONTRAST_SIGMA = 4.0
+SHARPNESS_SCALE = 1000.0
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,10 @@ class QualityConfig:
 
     min_face_px: float = 40.0  # shorter side of the detection box
     min_score: float = 0.6
-    min_sharpness: float = 25.0  # variance of the Laplacian of the aligned face (grey, 0-255)
+    # contrast-normalised detail of the aligned face (QualityGate.sharpness); fitted by
+    # bench/gate_and_alignment.py: sharp faces at any brightness pass; Gaussian blur of sigma >= 2 and most
+    # motion blur of >= 9 px at the embedder input fail (docs/vision.md)
+    min_sharpness: float = 10.0
     max_yaw: float = 40.0
     max_roll: float = 45.0  # alignment undoes roll; only extreme tilt hurts
     max_pitch: float = 30.0
@@ -85,18 +92,44 @@ class QualityGate:
 
     def __init__(self, config: QualityConfig):
         self.config = config
-        self._grey: np.ndarray | None = None
-        self._lap: np.ndarray | None = None
+        # second differences along x, y and both diagonals (a diagonal step is sqrt(2) px: hence / 2)
+        lx = np.array([[0, 0, 0], [1, -2, 1], [0, 0, 0]], np.float32)
+        ld = np.array([[0, 0, 1], [0, -2, 0], [1, 0, 0]], np.float32) / 2
+        self._kernels: tuple[np.ndarray, ...] = (lx, lx.T.copy(), ld, ld[:, ::-1].copy())
+        # what rounding grey levels to integers alone puts into each (uniform noise, variance 1/12)
+        self._rounding_energy = tuple(float((k * k).sum()) / 12 for k in self._kernels)
+        self._shape: tuple[int, int] | None = None
+        self._buffers: tuple[np.ndarray, ...] = ()
+
+    def _buffers_for(self, h: int, w: int) -> tuple[np.ndarray, ...]:
+        if self._shape != (h, w):
+            self._shape = (h, w)
+            self._buffers = (np.empty((h, w), np.uint8), *(np.empty((h, w), np.float32) for _ in range(4)))
+        return self._buffers
 
     def sharpness(self, aligned: np.ndarray) -> float:
+        """Detail of the aligned face relative to its own contrast: brightness- and contrast-invariant.
+
+        The energy of the second difference along x, y and both diagonals, the weakest direction taken
+        (motion blur removes detail along one direction only), divided by the mean local variance of the
+        grey face (Gaussian window, LOCAL_CONTRAST_SIGMA): halving the brightness scales both by 1/4, so a
+        dark but sharp face measures as sharp. The energy that rounding to 8-bit grey levels alone gives is
+        taken off first: in a very dark crop it would otherwise read as detail (a blurred face at a quarter
+        of the brightness measured sharp). A flat crop measures 0. bench/gate_and_alignment.py compares this
+        with the plain variance of the Laplacian and with global-contrast normalisations.
+        """
         h, w = aligned.shape[:2]
-        if self._grey is None or self._grey.shape != (h, w):
-            self._grey = np.empty((h, w), np.uint8)
-            self._lap = np.empty((h, w), np.float32)
-        assert self._lap is not None
-        cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY, dst=self._grey)
-        cv2.Laplacian(self._grey, cv2.CV_32F, dst=self._lap)
-        return float(self._lap.var())
+        grey8, grey, diff, mean, mean_sq = self._buffers_for(h, w)
+        cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY, dst=grey8)
+        np.copyto(grey, grey8, casting="unsafe")
+        n = h * w
+        weakest = min(float(cv2.norm(cv2.filter2D(grey, cv2.CV_32F, k, dst=diff), cv2.NORM_L2SQR)) / n - q
+                      for k, q in zip(self._kernels, self._rounding_energy, strict=True))
+        cv2.GaussianBlur(grey, (0, 0), LOCAL_CONTRAST_SIGMA, dst=mean)
+        np.multiply(grey, grey, out=diff)
+        cv2.GaussianBlur(diff, (0, 0), LOCAL_CONTRAST_SIGMA, dst=mean_sq)
+        local_var = float(cv2.sumElems(mean_sq)[0] - cv2.norm(mean, cv2.NORM_L2SQR)) / n
+        return float(SHARPNESS_SCALE * max(weakest, 0.0) / (max(local_var, 0.0) + 1.0))
 
     def judge(self, det: Detection, aligned: np.ndarray) -> Quality:
         cfg = self.config
@@ -120,6 +153,6 @@ class QualityGate:
                        round(roll, 1), round(pitch, 1), not reasons, tuple(reasons))
 
     def release(self) -> None:
-        for buf in (self._grey, self._lap):
-            if buf is not None:
-                buf.fill(0)
+        """Zero every buffer that held face pixels."""
+        for buf in self._buffers:
+            buf.fill(0)
