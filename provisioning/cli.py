@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.audit import AuditError, AuditTamperError, verify_log
+from edge.config import TrackingConfig
 from edge.events.commands import REVIEW_OUTCOMES, check_args, shard_push_args
 from edge.events.link import BrokerURLError
 from edge.trust.keys import ed25519_public
@@ -21,6 +22,8 @@ from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.vision.errors import VisionError
 from edge.vision.manifest import load_manifest
 from edge.vision.runtime import limit_blas_threads
+from edge.watchlist.gallery import Gallery
+from provisioning.accuracy.calibration import POLICY_KEY, Rehearsal, calibrate, policy_limit, proposal_text, save_record
 from provisioning.broker import BrokerConfig
 from provisioning.ca import CertificateError, FleetCA
 from provisioning.commands import sign_command
@@ -29,7 +32,7 @@ from provisioning.fleet import Fleet, FleetError, passphrase
 from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
 from provisioning.reports import AuditSource, deployment_report
 from provisioning.shards import issue_shard
-from provisioning.watchlist import build_watchlist
+from provisioning.watchlist import build_watchlist, load_watchlist
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
@@ -126,6 +129,38 @@ def cmd_shard_issue(args: argparse.Namespace) -> int:
           f"{', '.join(m.recipients)}; deployment {m.deployment.id}, threshold {m.deployment.threshold}, "
           f"expires {format_time(m.expires)}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Rehearsal at the venue: footage of people on no list, searched against the built watch list, gives the
+    impostor tail at this site; proposes the lowest threshold (not below the model's floor) whose predicted
+    false alerts per 1,000 passers-by at the list size meet the target, writes the report, and keeps the
+    calibration in the fleet, where `shard issue` checks deployments against the fleet policy
+    (fleet.json `max_false_alerts_per_1000`). docs/accuracy.md explains the method."""
+    fleet = Fleet(args.fleet_dir)
+    target = args.target if args.target is not None else policy_limit(fleet)
+    if target is None:
+        raise FleetError(f"no --target and no {POLICY_KEY} in {fleet.meta_path}: say how many false alerts per "
+                         "1,000 passers-by are acceptable")
+    wl = load_watchlist(fleet, args.watchlist)
+    analyzer = FaceAnalyzer(VisionConfig(models_dir=args.models_dir, embedder_id=wl.model_id))
+    model = analyzer.embedder_spec
+    if model.sha256 != wl.model_sha256:
+        raise FleetError(f"watch list {wl.name!r} was built with another build of {wl.model_id}: rebuild it")
+    rehearsal = Rehearsal(analyzer, [Path(p) for p in args.footage], args.every,
+                          lambda msg: print(f"calibrate: {msg}", file=sys.stderr, flush=True))
+    try:
+        gallery = Gallery(wl.embeddings, [str(e["id"]) for e in wl.entries])
+        proposal = calibrate(rehearsal, gallery, model, args.list_size or gallery.size, target, TrackingConfig())
+    finally:
+        rehearsal.wipe()
+        analyzer.release()
+    text = proposal_text(proposal)
+    if args.report:
+        Path(args.report).write_text(text, encoding="utf-8")
+    print(text, end="")
+    print(f"calibration kept in {save_record(fleet, proposal.record)}", file=sys.stderr)
+    return 0 if proposal.threshold is not None else 1
 
 
 def _ca(args: argparse.Namespace) -> FleetCA:
@@ -407,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     fleet_arg(issue)
     issue.set_defaults(func=cmd_shard_issue)
+
+    cal = sub.add_parser("calibrate", help="propose a threshold from rehearsal footage at the venue",
+                         description=cmd_calibrate.__doc__)
+    cal.add_argument("--watchlist", required=True, help="the built watch list (edge-fleet watchlist build)")
+    cal.add_argument("--footage", required=True, nargs="+", metavar="FILE",
+                     help="clips or photos of people who are on no list, from the deployment's cameras")
+    cal.add_argument("--list-size", type=int, help="entries the deployment will hold (default: the watch list's)")
+    cal.add_argument("--target", type=float,
+                     help=f"false alerts per 1,000 passers-by (default: fleet.json {POLICY_KEY})")
+    cal.add_argument("--every", type=int, default=1, help="analyse every k-th frame (default 1)")
+    cal.add_argument("--report", metavar="FILE.md", help="also write the report here")
+    cal.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
+    fleet_arg(cal)
+    cal.set_defaults(func=cmd_calibrate)
 
     def command_args(p: argparse.ArgumentParser) -> None:
         """What every signed command to devices takes: who, through which broker, as which admin, how long."""

@@ -31,6 +31,7 @@ from edge.watchlist.shard import (
     encode_shard,
     wrap_info,
 )
+from provisioning.accuracy.calibration import check_policy
 from provisioning.fleet import Fleet, FleetError
 from provisioning.watchlist import load_watchlist
 
@@ -112,6 +113,7 @@ def issue_shard(fleet: Fleet, deployment_path: Path, device_ids: Sequence[str], 
     if dep.deployment.threshold < floor:
         raise FleetError(f"{deployment_path}: [deployment] threshold = {dep.deployment.threshold} is below "
                          f"the calibrated floor {floor} of {model.id}")
+    check_policy(fleet, model, dep.deployment.threshold, len(wl.entries))  # predicted false alerts (fleet.json)
     issued = now().replace(microsecond=0)
     if dep.expires <= issued:
         raise FleetError(f"{deployment_path}: the shard would expire at once ({dep.expires.isoformat()})")

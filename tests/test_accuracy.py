@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from edge.config import TrackingConfig
 from edge.tracking import FaceObservation, Tracker
 from edge.vision.analyzer import FaceAnalyzer
+from provisioning.accuracy.calibration import CalibrationRecord, save_record
 from provisioning.accuracy.dataset import DatasetError, LabelledFace, LabelledSet, load_labelled_set
 from provisioning.accuracy.harness import DET_THRESHOLDS, Harness, HarnessOptions
 from provisioning.accuracy.kofn import kofn_score
@@ -28,6 +32,7 @@ from provisioning.accuracy.stats import (
     separation,
     wilson,
 )
+from provisioning.fleet import Fleet
 
 # ---------------------------------------------------------------- statistics with known answers
 
@@ -213,3 +218,85 @@ def test_real_run_on_a_few_devset_photos(analyzer: FaceAnalyzer, devset: Path, t
         rows = list(csv.reader(f))
     assert len(rows) == 1 + len(DET_THRESHOLDS) and rows[0][:3] == ["threshold", "fmr_pair", "fnmr_pair"]
     assert all(p.exists() for p in out)
+
+
+# ---------------------------------------------------------------- calibration and the shard issue guard
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "docs" / "examples"
+
+
+def _cli(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    module = "edge.cli" if tool == "edge-node" else "provisioning.cli"
+    env = {**os.environ, "EDGE_FLEET_PASSPHRASE": "correct horse",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+
+
+def _ok(tool: str, *args: str) -> str:
+    proc = _cli(tool, *args)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_calibrate_then_shard_issue_refuses_what_the_policy_forbids(devset: Path, tmp_path: Path) -> None:
+    f, node = tmp_path / "fleet", tmp_path / "node"
+    _ok("edge-fleet", "init", "--fleet-dir", str(f), "--fleet", "acme")
+    pub = tmp_path / "cam.json"
+    pub.write_text(_ok("edge-node", "keygen", "--device-id", "cam-01", "--state-dir", str(node)))
+    _ok("edge-fleet", "device", "add", "cam-01", "--public", str(pub), "--fleet-dir", str(f))
+    _ok("edge-fleet", "watchlist", "build", str(REPO / "edge" / "demo" / "footage"), "--meta",
+        str(EXAMPLES / "watchlist.csv"), "--name", "stadium", "--fleet-dir", str(f))
+
+    # a rehearsal: the clip's one person is on no list
+    no_target = _cli("edge-fleet", "calibrate", "--watchlist", "stadium", "--footage",
+                     str(devset / "videos" / "WolfgangLanger_Pexels.mp4"), "--fleet-dir", str(f))
+    assert no_target.returncode == 2 and "max_false_alerts_per_1000" in no_target.stderr
+    report = tmp_path / "calibration.md"
+    proc = _cli("edge-fleet", "calibrate", "--watchlist", "stadium", "--footage",
+                str(devset / "videos" / "WolfgangLanger_Pexels.mp4"), "--every", "6", "--target", "1",
+                "--list-size", "1000", "--report", str(report), "--fleet-dir", str(f))
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "calibrate: " in proc.stderr  # progress
+    doc = json.loads((f / "calibration" / "dlib-resnet-v1-int8.json").read_text())
+    assert doc["entries"] == 2 and doc["faces"] >= 40 and doc["pairs"] == 2 * doc["faces"]
+    assert report.read_text() == proc.stdout and f"{doc['faces']} faces of unlisted people" in proc.stdout
+    record = CalibrationRecord(**{k: tuple(v) if isinstance(v, list) else v for k, v in doc.items()})
+    assert all(a >= b for a, b in zip(record.rates, record.rates[1:], strict=False))  # p(t) falls with t
+    if proc.returncode == 0:
+        proposed = float(proc.stdout.split("Proposed threshold: ")[1].split("*")[0])
+        assert proposed >= 0.93 and record.predicted(proposed, 1000)[0] <= 1
+        assert proposed == 0.93 or record.predicted(round(proposed - 0.001, 3), 1000)[0] > 1  # the lowest
+    else:
+        assert "No threshold" in proc.stdout
+
+    # a known calibration: p = 1e-3 per pair up to 0.96, 1e-5 above; the watch list holds 2 entries
+    grid = tuple(round(0.90 + i / 1000, 3) for i in range(100))
+    rates = tuple(1e-3 if t < 0.96 else 1e-5 for t in grid)
+    save_record(Fleet(f), CalibrationRecord(doc["model_id"], doc["model_sha256"], "test", ("x",), 1, 2, 2, grid,
+                                            rates, rates))
+    meta = json.loads((f / "fleet.json").read_text())
+    (f / "fleet.json").write_text(json.dumps({**meta, "max_false_alerts_per_1000": 1}))
+    shard = tmp_path / "s.shard"
+    issue = ("edge-fleet", "shard", "issue", "--fleet-dir", str(f), "--deployment", str(_deploy(tmp_path, "0.94")),
+             "--devices", "cam-01", "--out", str(shard))
+    refused = _cli(*issue)
+    assert refused.returncode == 2 and not shard.exists()
+    assert "predicts 2 false alerts per 1,000 passers-by" in refused.stderr  # 1000 (1 - (1 - 1e-3)^2)
+    assert "max_false_alerts_per_1000 = 1" in refused.stderr and "a threshold of 0.960 would meet it" in refused.stderr
+    _ok("edge-fleet", "shard", "issue", "--fleet-dir", str(f), "--deployment", str(_deploy(tmp_path, "0.96")),
+        "--devices", "cam-01", "--out", str(shard))
+    assert shard.exists()
+    (f / "calibration" / "dlib-resnet-v1-int8.json").unlink()
+    missing = _cli(*issue)
+    assert missing.returncode == 2 and "edge-fleet calibrate" in missing.stderr
+
+
+def _deploy(tmp_path: Path, threshold: str) -> Path:
+    text = (EXAMPLES / "deploy.toml").read_text()
+    text = text.replace("2026-12-05T12:00:00Z", "2026-11-01T00:00:00Z").replace(
+        "2026-12-05T23:00:00Z", "2099-01-01T00:00:00Z").replace("2026-12-06T00:00:00Z", "2099-01-01T00:00:00Z")
+    path = tmp_path / f"deploy-{threshold}.toml"
+    path.write_text(text.replace("threshold = 0.94", f"threshold = {threshold}"))
+    return path

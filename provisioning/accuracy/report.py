@@ -310,4 +310,30 @@ class ReportWriter:
             "- **Limits of this set.** Few identities, and one person (Obama) with several photos; the clip's "
             "frames are many views of one person. Rates under about 1 / (number of pairs) are model "
             "extrapolations whatever the table says; the intervals say how far the data constrain them.",
+            "- **Another model.** `--embedder ID` runs any embedder MANIFEST.json declares (its own threshold "
+            "unless `--threshold`); the report names the model's id and sha256 and the release it was run on.",
+            "",
+            "## Calibration at a venue (`edge-fleet calibrate`) and the fleet's policy",
+            "",
+            "`edge-fleet calibrate --watchlist NAME --footage CLIP... [--list-size N] [--target X]` runs the same "
+            "pipeline over a rehearsal at the venue: footage of people who are on no list, from the deployment's "
+            "cameras. Every face that passes the gate, searched against the built watch list, gives impostor "
+            "pairs at that site (its light, its cameras, its public); their tail model gives p(t), and the "
+            "proposed threshold is the lowest one, not below the model's floor, whose predicted false alerts per "
+            "1,000 passers-by on N entries (default: the watch list's size) are at most the target (default: the "
+            "fleet policy). Decisions where the issue was silent: the prediction takes no credit for the K-of-N "
+            "rule (a lookalike scores high on every frame, so the prediction is an upper bound), and the node's "
+            "matcher and tracker are also run over the rehearsal at the proposed threshold, reporting the alerts "
+            "they raised (all false) and the tracks they followed. The report holds figures only; rehearsal faces "
+            "stay in memory and are wiped. Exit status 1 when no threshold meets the target.",
+            "",
+            "The calibration is kept in the fleet (`calibration/<model id>.json`: p(t) and its bootstrap 95th "
+            "percentile on a 0.001 grid, for that model's sha256). With `max_false_alerts_per_1000` set in "
+            "`fleet.json`, `edge-fleet shard issue` predicts the deployment's false alerts per 1,000 passers-by "
+            "from its threshold and the watch list's size (at the grid point at or below the threshold, never "
+            "optimistic) and refuses, with the figures and the lowest threshold that would pass, when the "
+            "prediction exceeds the policy; it refuses too when the policy is set and the model has no "
+            "calibration. Without the key there is no such check (the model's floor still applies). The floor "
+            "in MANIFEST.json is not yet derived from calibration: that stays with the model's owners (issue 13, "
+            "item 4).",
         ]
