@@ -488,7 +488,7 @@ def test_a_successful_handler_detail_is_in_the_result(world: World) -> None:
         return {"applied": sorted(cmd.args["set"]), "version": 3}
 
     rig = Rig(world, {"config": apply})
-    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {MARKER: 1, "fps": 12}})
+    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {MARKER: 1, "fps": 12}}, issued=AT)
     out = rig.service.handle(TOPICS.command("config"), data)
     assert (out.ok, out.code, out.reason, out.command_id) == (True, "ok", "done", cid)
     assert [c.command_id for c in got] == [cid] and got[0].args == {"set": {MARKER: 1, "fps": 12}}
@@ -504,7 +504,7 @@ def test_a_successful_handler_detail_is_in_the_result(world: World) -> None:
 def test_a_retained_copy_of_a_command_taken_before_is_let_go_quietly(world: World) -> None:
     calls: list[str] = []
     rig = Rig(world, {"config": lambda c: calls.append(c.command_id) or {}})
-    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}})
+    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}}, issued=AT)
     first = rig.service.handle(TOPICS.command("config"), data, retained=True)  # a new id: runs, answered
     assert (first.ok, first.code, first.answered) == (True, "ok", True)
     again = rig.service.handle(TOPICS.command("config"), data, retained=True)  # the broker shows it again
@@ -518,7 +518,7 @@ def test_a_retained_copy_of_a_command_taken_before_is_let_go_quietly(world: Worl
 
 def test_a_tampered_retained_command_is_refused_and_answered(world: World) -> None:
     rig = Rig(world, {"config": lambda c: {}})
-    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}})
+    cid, data = sign_command(world.fleet, "cam-01", "config", {"set": {"fps": 10}}, issued=AT)
     assert rig.service.handle(TOPICS.command("config"), data, retained=True).ok
     # a copy of that very command with its signature altered: the signature check comes before the replay
     # check, so it is not mistaken for the desired state seen again
@@ -538,7 +538,7 @@ def test_a_shard_push_of_the_shard_in_force_is_done_without_reloading(world: Wor
     v1, v2 = world.issue().read_bytes(), world.issue().read_bytes()
 
     def push(shard: bytes, retained: bool = False) -> dict[str, Any]:
-        _cid, data = sign_command(world.fleet, "cam-01", "shard-push", shard_push_args(shard))
+        _cid, data = sign_command(world.fleet, "cam-01", "shard-push", shard_push_args(shard), issued=AT)
         out = rig.service.handle(TOPICS.command("shard-push"), data, retained)
         assert out.answered
         return {"ok": out.ok, "code": out.code, **out.detail}
