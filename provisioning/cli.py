@@ -108,7 +108,7 @@ def cmd_device(args: argparse.Namespace) -> int:
 def cmd_watchlist_build(args: argparse.Namespace) -> int:
     """Detect, check and embed each entry's reference photo(s); refuse entries lacking provenance."""
     fleet = Fleet(args.fleet_dir)
-    analyzer = FaceAnalyzer(VisionConfig(models_dir=args.models_dir))
+    analyzer = FaceAnalyzer(VisionConfig(models_dir=args.models_dir, embedder_id=args.embedder))
     report = build_watchlist(fleet, args.name, Path(args.photos_dir), Path(args.meta), analyzer, sys.stderr)
     for r in report.refused:
         print(f"refused: row {r.row} ({r.reference or 'no reference'}): {r.reason}", file=sys.stderr)
@@ -122,7 +122,7 @@ def cmd_shard_issue(args: argparse.Namespace) -> int:
     """Sign and encrypt a shard of a built watch list for a deployment and its devices."""
     fleet = Fleet(args.fleet_dir)
     manifest_models = load_manifest(args.models_dir)
-    model = manifest_models.spec(manifest_models.default_embedder)
+    model = manifest_models.spec(args.embedder or manifest_models.default_embedder)
     devices = [d for d in args.devices.split(",") if d]
     m = issue_shard(fleet, Path(args.deployment), devices, Path(args.out), model)
     print(f"issued shard {m.shard_id} v{m.version} -> {args.out}: {m.entries} entries for "
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--meta", required=True, metavar="META.csv", help="one row per entry: see docs/examples")
     build.add_argument("--name", default="default", help="watch-list name (default: default)")
     build.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
+    build.add_argument("--embedder", help="embedder id from MANIFEST.json the devices run (default: the "
+                       "manifest's; docs/embedders.md)")
     fleet_arg(build)
     build.set_defaults(func=cmd_watchlist_build)
 
@@ -440,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--devices", required=True, help="comma-separated device ids")
     issue.add_argument("--out", required=True, metavar="FILE")
     issue.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
+    issue.add_argument("--embedder", help="embedder id from MANIFEST.json the devices run; the watch list must "
+                       "have been built with it (default: the manifest's)")
     fleet_arg(issue)
     issue.set_defaults(func=cmd_shard_issue)
 

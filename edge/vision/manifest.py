@@ -18,6 +18,12 @@ from edge.vision.errors import ModelIntegrityError, ModelManifestError
 
 MANIFEST_NAME = "MANIFEST.json"
 MODELS_DIR_ENV = "EDGE_MODELS_DIR"
+# What the node implements for any embedder: the points the detector gives (in this order, see
+# edge.vision.align.alignment_points), the output normalisation and the score the matcher computes.
+ALIGNMENT_POINTS = ("image-left eye", "image-right eye", "nose tip", "mouth centre")
+NORMALISATIONS = ("l2",)
+METRICS = ("cosine",)
+UNCALIBRATED_FLOOR = 1.0  # an embedder no calibration has measured yet: no deployment can match (fail closed)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,25 @@ class AlignmentSpec:
 
 
 @dataclass(frozen=True)
+class FloorSource:
+    """Where an embedder's floor came from: the calibration run that measured it (None: not calibrated yet)."""
+
+    calibration: str | None  # the calibration record, e.g. models/calibration/<id>.json
+    date: str | None
+    data: str | None  # what the rehearsal held: footage, faces, entries
+    pairs: int | None  # impostor pairs measured
+    target: str  # the rule the floor meets
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the embedder's weights were trained on, and under which licence (a force must know both)."""
+
+    description: str
+    licence: str
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model file and the facts needed to run it."""
 
@@ -67,6 +92,9 @@ class ModelSpec:
     alignment: AlignmentSpec | None = None
     match_threshold: float | None = None  # calibrated operating point of the score
     threshold_floor: float | None = None  # no deployment may match below this
+    floor_source: FloorSource | None = None
+    normalisation: str | None = None  # of the embedding before the metric
+    training_data: TrainingData | None = None
 
 
 @dataclass(frozen=True)
@@ -161,10 +189,8 @@ def _parse_model(r: _Reader, mid: str, m: Mapping[str, Any]) -> ModelSpec:
         )
         for i, s in enumerate(r.list(m, "source", f"{where}.source"))
     )
-    anchors = alignment = None
-    embedding_size = None
-    metric = None
-    threshold = floor = None
+    anchors = None
+    embedder: dict[str, Any] = {}
     if role == "detector":
         a = r.mapping(m, "anchors", f"{where}.anchors")
         anchors = AnchorSpec(
@@ -172,21 +198,7 @@ def _parse_model(r: _Reader, mid: str, m: Mapping[str, Any]) -> ModelSpec:
             per_cell=tuple(int(x) for x in r.floats(a, "per_cell", f"{where}.anchors.per_cell")),
         )
     else:
-        embedding_size = int(r.number(m, "embedding_size", f"{where}.embedding_size"))
-        metric = r.string(m, "metric", f"{where}.metric")
-        match = r.mapping(m, "match", f"{where}.match")
-        threshold = r.number(match, "threshold", f"{where}.match.threshold")
-        floor = r.number(match, "floor", f"{where}.match.floor")
-        if floor > threshold:
-            raise ModelManifestError(r.path, f"{where}.match: floor {floor} is above threshold {threshold}")
-        al = r.mapping(m, "alignment", f"{where}.alignment")
-        pts = r.list(al, "template", f"{where}.alignment.template")
-        if len(pts) != 4 or any(not isinstance(p, list) or len(p) != 2 for p in pts):
-            raise ModelManifestError(r.path, f"{where}.alignment.template: expected 4 [x, y] points")
-        alignment = AlignmentSpec(
-            size=int(r.number(al, "size", f"{where}.alignment.size")),
-            template=tuple((float(p[0]), float(p[1])) for p in pts),
-        )
+        embedder = _parse_embedder(r, where, m, int(r.number(inp, "size", f"{where}.input.size")))
     return ModelSpec(
         id=mid,
         role=role,
@@ -199,12 +211,66 @@ def _parse_model(r: _Reader, mid: str, m: Mapping[str, Any]) -> ModelSpec:
         input_scale=r.number(inp, "scale", f"{where}.input.scale"),
         source=sources,
         anchors=anchors,
-        embedding_size=embedding_size,
-        metric=metric,
-        alignment=alignment,
-        match_threshold=threshold,
-        threshold_floor=floor,
+        **embedder,
     )
+
+
+def _parse_embedder(r: _Reader, where: str, m: Mapping[str, Any], input_size: int) -> dict[str, Any]:
+    """The declaration that makes a model file a replaceable embedder (docs/embedders.md)."""
+    embedding_size = int(r.number(m, "embedding_size", f"{where}.embedding_size"))
+    out = r.mapping(m, "output", f"{where}.output")
+    normalisation = r.choice(out, "normalisation", f"{where}.output.normalisation", NORMALISATIONS)
+    metric = r.choice(m, "metric", f"{where}.metric", METRICS)
+    match = r.mapping(m, "match", f"{where}.match")
+    threshold = r.number(match, "threshold", f"{where}.match.threshold")
+    floor = r.number(match, "floor", f"{where}.match.floor")
+    if floor > threshold:
+        raise ModelManifestError(r.path, f"{where}.match: floor {floor} is above threshold {threshold}")
+    if not 0.0 < floor <= 1.0 or threshold > 1.0:
+        raise ModelManifestError(r.path, f"{where}.match: threshold {threshold} and floor {floor} must be cosine "
+                                         "scores in (0, 1]")
+    src = r.mapping(match, "floor_from", f"{where}.match.floor_from")
+    calibration = r.optional_string(src, "calibration", f"{where}.match.floor_from.calibration")
+    if calibration is None:
+        if floor != UNCALIBRATED_FLOOR:
+            raise ModelManifestError(r.path, f"{where}.match.floor: {floor} has no calibration behind it "
+                                             f"(floor_from.calibration is null): an uncalibrated embedder's floor "
+                                             f"is {UNCALIBRATED_FLOOR}; calibrate it (docs/embedders.md)")
+        floor_source = FloorSource(None, None, None, None, r.string(src, "target", f"{where}.match.floor_from.target"))
+    else:
+        floor_source = FloorSource(
+            calibration=calibration,
+            date=r.string(src, "date", f"{where}.match.floor_from.date"),
+            data=r.string(src, "data", f"{where}.match.floor_from.data"),
+            pairs=int(r.number(src, "pairs", f"{where}.match.floor_from.pairs")),
+            target=r.string(src, "target", f"{where}.match.floor_from.target"),
+        )
+    td = r.mapping(m, "training_data", f"{where}.training_data")
+    training = TrainingData(r.string(td, "description", f"{where}.training_data.description"),
+                            r.string(td, "licence", f"{where}.training_data.licence"))
+    al = r.mapping(m, "alignment", f"{where}.alignment")
+    pts = r.list(al, "template", f"{where}.alignment.template")
+    if len(pts) != len(ALIGNMENT_POINTS) or any(
+            not isinstance(p, list) or len(p) != 2 or any(isinstance(v, bool) or not isinstance(v, int | float)
+                                                          for v in p) for p in pts):
+        raise ModelManifestError(r.path, f"{where}.alignment.template: expected {len(ALIGNMENT_POINTS)} [x, y] points")
+    names = r.list(al, "points", f"{where}.alignment.points")
+    if tuple(names) != ALIGNMENT_POINTS:
+        raise ModelManifestError(r.path, f"{where}.alignment.points: {names!r}; the detector gives "
+                                         f"{list(ALIGNMENT_POINTS)} in this order")
+    size = int(r.number(al, "size", f"{where}.alignment.size"))
+    if size != input_size:
+        raise ModelManifestError(r.path, f"{where}.alignment.size: {size} differs from input.size {input_size}")
+    return {
+        "embedding_size": embedding_size,
+        "metric": metric,
+        "alignment": AlignmentSpec(size=size, template=tuple((float(p[0]), float(p[1])) for p in pts)),
+        "match_threshold": threshold,
+        "threshold_floor": floor,
+        "floor_source": floor_source,
+        "normalisation": normalisation,
+        "training_data": training,
+    }
 
 
 @dataclass(frozen=True)
@@ -234,6 +300,19 @@ class _Reader:
         v = self._get(m, key, where)
         if not isinstance(v, str) or not v:
             raise ModelManifestError(self.path, f"{where}: expected a non-empty string")
+        return v
+
+    def optional_string(self, m: Mapping[str, Any], key: str, where: str) -> str | None:
+        """A string that may be null (present, but not known yet)."""
+        if self._get(m, key, where) is None:
+            return None
+        return self.string(m, key, where)
+
+    def choice(self, m: Mapping[str, Any], key: str, where: str, known: tuple[str, ...]) -> str:
+        v = self.string(m, key, where)
+        if v not in known:
+            raise ModelManifestError(self.path, f"{where}: {v!r} is not one the node implements "
+                                                f"({', '.join(known)})")
         return v
 
     def number(self, m: Mapping[str, Any], key: str, where: str) -> float:
