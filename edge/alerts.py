@@ -54,14 +54,18 @@ class AlertFacts(Protocol):
     def frames_agreeing(self) -> int: ...
 
 
-def alert_record(event_id: str, facts: AlertFacts, evidence_kept: bool, recovered: bool = False) -> dict[str, Any]:
+def alert_record(event_id: str, facts: AlertFacts, evidence_kept: bool, recovered: bool = False,
+                 rule: str | None = None) -> dict[str, Any]:
     """The audit `alert` record (ids and score only, never an image). `recovered`: written at start for an
-    event a crash left committed but unrecorded."""
+    event a crash left committed but unrecorded. `rule`: which tracker rule fired (the signed event does not
+    carry it, so a recovered record has none)."""
     record: dict[str, Any] = {
         "evidence_kept": evidence_kept, "event_id": event_id, "entry_id": facts.entry_id,
         "score": round(facts.score, 4), "threshold": facts.threshold, "track_id": facts.track_id,
         "camera_id": facts.camera_id, "deployment_id": facts.deployment_id,
         "shard": {"id": facts.shard.id, "version": facts.shard.version}, "frames_agreeing": facts.frames_agreeing}
+    if rule is not None:
+        record["rule"] = rule
     if recovered:
         record["recovered"] = True
     return record
@@ -98,7 +102,7 @@ class AuditedSink:
                 kept = True
             except VaultError as exc:  # the event carries its sealed crops; only the node's copy is missing
                 log.error("evidence of event %s was not kept: %s", held.event_id, exc)
-        self.audit.append("alert", alert_record(held.event_id, draft, kept))
+        self.audit.append("alert", alert_record(held.event_id, draft, kept, rule=draft.rule))
         self.sink.release(held)
         return held.event_id
 

@@ -66,6 +66,7 @@ class TrackingConfig:
     min_similarity: float = 0.96  # embedding cosine that continues a nearby track when boxes do not overlap:
     # the same face frame to frame measured >= 0.975, two different people up to 0.944 (docs/tracking.md)
     max_age_s: float = 2.0  # a track not seen for this long ends
+    template: bool = True  # also match each track's quality-weighted template (docs/tracking.md)
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,9 @@ SCHEMA: tuple[Table, ...] = (
             "when boxes do not overlap", minimum=-1.0, maximum=1.0),
         Key("max_age_s", Kind.NUMBER, _TRK.max_age_s, "a track not seen for this many seconds ends", minimum=0.1,
             maximum=600),
+        Key("template", Kind.BOOLEAN, _TRK.template, "also fuse each track's gated faces into one "
+            "quality-weighted template and alert when it matches (same threshold and margin; at least `agree_k` "
+            "gated frames, one of them matching the entry on its own); `false`: the K-of-N rule only"),
     )),
     Table("mqtt", "The broker (docs/mqtt.md). Without this table the node sends nothing: `edge-node run` "
           "then refuses to start unless given `--print-events`.", (

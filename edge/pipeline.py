@@ -28,7 +28,7 @@ from edge.deployment import Admission, DeploymentGate, DeploymentUse, Effectiven
 from edge.events.messages import ModelRef, ShardRef
 from edge.events.service import MatchDraft
 from edge.pool import FramePool
-from edge.tracking import FaceObservation, Tracker
+from edge.tracking import FaceObservation, Tracker, template_weight
 from edge.vision.analyzer import FaceAnalyzer
 from edge.watchlist.gallery import Matcher, MatchPolicy
 from edge.watchlist.loader import AcceptedShard
@@ -340,12 +340,14 @@ class Pipeline:
                 for i, f in enumerate(embedded[:k]):
                     queries[i] = f.embedding
                 results = matcher.match(queries)
+                gate = self.analyzer.config.quality
                 observations = [FaceObservation(f.detection.box, queries[i], r.entry_id,
-                                                r.score if r.entry_id is not None else 0.0)
+                                                r.score if r.entry_id is not None else 0.0,
+                                                template_weight(f.quality, gate))
                                 for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
                 del results  # the non-matches' scores go with it
             discarded = sum(1 for o in observations if o.entry_id is None)
-            alerts = self.tracker.update(ts, frame, observations, [f.detection.box for f in faces])
+            alerts = self.tracker.update(ts, frame, observations, [f.detection.box for f in faces], matcher)
             self.counters.add(processed=1, faces=len(faces), below_quality=len(faces) - len(embedded),
                               discarded=discarded)
             m = decision.shard.manifest
@@ -353,7 +355,7 @@ class Pipeline:
             for alert in alerts:
                 draft = MatchDraft(self.settings.camera_id, m.deployment.id, alert.track_id, alert.entry_id,
                                    alert.score, decision.threshold, self.model, ShardRef(m.shard_id, m.version),
-                                   alert.frames_agreeing)
+                                   alert.frames_agreeing, alert.rule)
                 crop = encode_crop(alert.crop) if alert.crop.any() else None
                 context = encode_crop(alert.context) if alert.context.any() else None
                 alert.crop.fill(0)

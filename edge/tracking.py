@@ -1,12 +1,15 @@
-"""Face tracks across frames, and the rule that turns matches into alerts.
+"""Face tracks across frames, and the two rules that turn matches into alerts.
 
 A track continues when a new face overlaps its last box (IoU) or, failing that, looks like it (embedding
 cosine). Each track keeps a window of its last N frames' match decisions; an alert is raised once per
 track and entry when K of them agree on that entry (GOVERNANCE G12: a single-frame match never alerts).
-The best-scoring crop of a matched face is kept for the alert's evidence.
+Alongside, each track fuses its gated faces into one quality-weighted template (weights from detection
+score, sharpness and pose) that is matched as the track grows, with the same matcher, threshold and margin;
+it alerts only once the track has at least K gated frames and at least one of them matched that entry on
+its own (docs/tracking.md says why). The best-scoring crop of a matched face is kept for the alert's evidence.
 
-Everything a track holds lives in preallocated arrays (embeddings, crops) that are overwritten and zeroed
-when the track ends: nothing of a face that never alerted outlives its track.
+Everything a track holds lives in preallocated arrays (embeddings, templates, crops) that are overwritten and
+zeroed when the track ends: nothing of a face that never alerted outlives its track.
 """
 
 from __future__ import annotations
@@ -19,11 +22,30 @@ import cv2
 import numpy as np
 
 from edge.config import TrackingConfig
+from edge.vision.quality import Quality, QualityConfig
+from edge.watchlist.gallery import Matcher
 
 CROP_SIZE = 160  # evidence crop, square, RGB
 CROP_MARGIN = 0.25  # context around the face box, as a fraction of its size
 CONTEXT_SIZE = 192  # the context crop: a wider square, scaled down (the scene around the face, for the reviewer)
 CONTEXT_SPAN = 4.0  # its side, in face-box sizes
+KOFN = "k_of_n"  # alert rule: K of the track's last N frames matched the entry, each on its own
+TEMPLATE = "template"  # alert rule: the track's fused template matched the entry
+MIN_WEIGHT = 0.05  # the least a gated face counts in its track's template (each factor, and the product)
+
+
+def template_weight(quality: Quality, gate: QualityConfig) -> float:
+    """How much one gated face counts in its track's template, in [MIN_WEIGHT, 1]: the product of its detection
+    score above the gate's minimum, its sharpness against the gate's minimum (s / (s + min)), and how frontal
+    it is (1 - (angle / the gate's limit)^2, for yaw and pitch). Roll is left out: alignment undoes it."""
+    det = (quality.score - gate.min_score) / max(1e-6, 1.0 - gate.min_score)
+    sharp = quality.sharpness / max(1e-6, quality.sharpness + gate.min_sharpness)
+    yaw = 1.0 - (quality.yaw / max(1e-6, gate.max_yaw)) ** 2
+    pitch = 1.0 - (quality.pitch / max(1e-6, gate.max_pitch)) ** 2
+    w = 1.0
+    for factor in (det, sharp, yaw, pitch):
+        w *= min(1.0, max(MIN_WEIGHT, factor))
+    return max(MIN_WEIGHT, w)
 
 
 @dataclass(frozen=True)
@@ -34,16 +56,18 @@ class FaceObservation:
     embedding: np.ndarray
     entry_id: str | None  # the matcher's accepted entry, None for no match
     score: float  # only looked at when entry_id is set
+    weight: float = 1.0  # how much it counts in its track's template (template_weight)
 
 
 @dataclass(frozen=True)
 class Alert:
     track_id: str
     entry_id: str
-    score: float  # best score of the agreeing frames
-    frames_agreeing: int
+    score: float  # K-of-N: best score of the agreeing frames; template: the template's score
+    frames_agreeing: int  # K-of-N: frames agreeing in the window; template: gated frames fused into it
     crop: np.ndarray  # CROP_SIZE x CROP_SIZE x 3 RGB, a copy the caller owns (evidence)
     context: np.ndarray  # CONTEXT_SIZE x CONTEXT_SIZE x 3 RGB from the same frame, a copy the caller owns
+    rule: str = KOFN  # which rule fired: KOFN or TEMPLATE
 
 
 @dataclass
@@ -57,6 +81,7 @@ class _Track:
     best: dict[str, float] = field(default_factory=dict)  # best score per entry over the track's life
     crop_entry: str | None = None  # whose best frame the crop slot holds
     crop_score: float = -1.0
+    fused: int = 0  # gated frames summed into the template
 
 
 REACH = 3.0  # a track continues by appearance only within this many box widths of where it was
@@ -83,6 +108,9 @@ class Tracker:
     def __init__(self, config: TrackingConfig, dim: int, max_tracks: int = 64):
         self.config = config
         self._embeddings = np.zeros((max_tracks, dim), np.float32)
+        self._templates = np.zeros((max_tracks, dim), np.float32)  # per track: sum of weight x embedding
+        self._queries = np.zeros((max_tracks, dim), np.float32)  # this frame's grown templates, unit length
+        self._weighted = np.zeros(dim, np.float32)  # scratch: one face's weight x embedding
         self._crops = np.zeros((max_tracks, CROP_SIZE, CROP_SIZE, 3), np.uint8)
         self._contexts = np.zeros((max_tracks, CONTEXT_SIZE, CONTEXT_SIZE, 3), np.uint8)
         self._free = list(range(max_tracks))
@@ -95,14 +123,18 @@ class Tracker:
         return len(self._tracks)
 
     def update(self, now: float, frame: np.ndarray, faces: list[FaceObservation],
-               detected: Sequence[np.ndarray] = ()) -> list[Alert]:
+               detected: Sequence[np.ndarray] = (), matcher: Matcher | None = None) -> list[Alert]:
         """One frame's faces in; the alerts this frame completes out. `detected` holds the boxes of every
         face found in the frame (embedded or not): they are blacked out of an evidence crop kept for
-        another face, so a bystander's face never becomes evidence."""
+        another face, so a bystander's face never becomes evidence. `matcher` is the one that matched the
+        faces: the tracks' templates are matched by it (same threshold and margin); without it, or with
+        `template` off in the config, only the K-of-N rule runs."""
         self.expire(now)
         assigned = self._associate(faces)
         alerts: list[Alert] = []
         seen: set[int] = set()
+        grown: list[tuple[_Track, FaceObservation]] = []
+        fuse = self.config.template and matcher is not None
         for face, track in zip(faces, assigned, strict=True):
             if track is None:
                 track = self._start(now, face)
@@ -118,10 +150,62 @@ class Tracker:
             alert = self._decide(track)
             if alert is not None:
                 alerts.append(alert)
+            if fuse:
+                self._fuse(track, face)
+                if track.fused >= self.config.agree_k:
+                    grown.append((track, face))
         for track in self._tracks:
             if id(track) not in seen:
                 track.window.append(None)  # not seen this frame: does not agree
+        if grown and matcher is not None:
+            alerts += self._decide_templates(grown, matcher, frame, detected)
         return alerts
+
+    def _fuse(self, track: _Track, face: FaceObservation) -> None:
+        """Add the face, weighted by its quality, to its track's template (in place: no allocation)."""
+        template = self._templates[track.slot]
+        np.multiply(face.embedding, np.float32(face.weight), out=self._weighted)
+        np.add(template, self._weighted, out=template)
+        self._weighted.fill(0)
+        track.fused += 1
+
+    def _decide_templates(self, grown: list[tuple[_Track, FaceObservation]], matcher: Matcher,
+                          frame: np.ndarray, detected: Sequence[np.ndarray]) -> list[Alert]:
+        """Match the templates of the tracks seen this frame (those with at least K gated frames). A template
+        alerts for its accepted entry (threshold and margin, as a single face) only if at least one of the
+        track's frames matched that entry on its own: the normalised mean of frames can score above every
+        one of them, and a template alone must not make an alert easier than the frames' own evidence."""
+        queries = self._queries[: len(grown)]
+        out: list[Alert] = []
+        try:
+            for row, (track, _face) in zip(queries, grown, strict=True):
+                np.copyto(row, self._templates[track.slot])
+                norm = float(np.sqrt(row @ row))
+                if norm > 0:
+                    row /= norm
+            results = matcher.match(queries)
+            for (track, face), m in zip(grown, results, strict=True):
+                entry = m.entry_id
+                if entry is None or entry in track.alerted or entry not in track.best:
+                    continue
+                track.alerted.add(entry)
+                out.append(self._template_alert(track, face, entry, m.score, frame, detected))
+        finally:
+            queries.fill(0)
+        return out
+
+    def _template_alert(self, track: _Track, face: FaceObservation, entry: str, score: float,
+                        frame: np.ndarray, detected: Sequence[np.ndarray]) -> Alert:
+        """The evidence: the crop kept for this entry's best frame if the slot holds it, else this frame's."""
+        if track.crop_entry == entry:
+            crop, context = self._crops[track.slot].copy(), self._contexts[track.slot].copy()
+        else:
+            crop, context = np.zeros_like(self._crops[0]), np.zeros_like(self._contexts[0])
+            for out, span in ((crop, 1 + 2 * CROP_MARGIN), (context, CONTEXT_SPAN)):
+                region = self._crop_into(frame, face.box, out, span)
+                if region is not None:
+                    _redact(out, region, detected, face.box)
+        return Alert(track.track_id, entry, score, track.fused, crop, context, TEMPLATE)
 
     def _keep_best(self, track: _Track, frame: np.ndarray, face: FaceObservation,
                    detected: Sequence[np.ndarray]) -> None:
@@ -215,6 +299,7 @@ class Tracker:
 
     def _end(self, track: _Track) -> None:
         self._embeddings[track.slot].fill(0)
+        self._templates[track.slot].fill(0)
         self._crops[track.slot].fill(0)
         self._contexts[track.slot].fill(0)
         self._free.append(track.slot)

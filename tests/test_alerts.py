@@ -48,7 +48,7 @@ def test_an_alert_is_recorded_before_release_and_stays_held_when_it_cannot_be(wo
         [record] = [e.data for e in audit.entries() if e.kind == "alert"]
         assert record == {"evidence_kept": True, "event_id": first, "entry_id": "wl-000001", "score": 0.9512,
                           "threshold": 0.94, "track_id": "t1", "camera_id": "gate-a", "deployment_id": "dep-test",
-                          "shard": {"id": "s-1", "version": 3}, "frames_agreeing": 4}
+                          "shard": {"id": "s-1", "version": 3}, "frames_agreeing": 4, "rule": "k_of_n"}
         assert vault.read(first).face == FACE
 
         audit.path.unlink()

@@ -51,6 +51,7 @@ class MatchDraft:
     model: ModelRef
     shard: ShardRef
     frames_agreeing: int
+    rule: str = "k_of_n"  # which tracker rule fired (edge.tracking: KOFN, TEMPLATE); audit record only
 
 
 def shard_push_handler(store: ShardStore, model: ModelSpec,
