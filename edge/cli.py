@@ -100,8 +100,9 @@ def cmd_faces(args: argparse.Namespace) -> int:
         faces = analyzer.analyse(rgb, embed_all=True, clock=clock)
         h, w = rgb.shape[:2]
         if args.json:
-            doc = {"image": name, "width": w, "height": h, "faces": [_face_json(f) for f in faces],
-                   "timings_ms": clock.rounded()}
+            spec = analyzer.embedder_spec  # which embedder made the vectors (as in a match event's `model`)
+            doc = {"image": name, "width": w, "height": h, "model": {"id": spec.id, "sha256": spec.sha256},
+                   "faces": [_face_json(f) for f in faces], "timings_ms": clock.rounded()}
             print(json.dumps(doc), flush=True)
         else:
             _print_table(name, w, h, faces, clock)

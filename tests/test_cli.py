@@ -28,7 +28,7 @@ def test_faces_json_schema_and_per_file_errors(devset: Path, tmp_path: Path) -> 
     assert "not an image" in lines[0]["error"] and str(not_image) in proc.stderr
     assert "cannot read" in lines[2]["error"] and str(missing) in proc.stderr
     doc = lines[1]
-    assert set(doc) == {"image", "width", "height", "faces", "timings_ms"}
+    assert set(doc) == {"image", "width", "height", "model", "faces", "timings_ms"}
     assert (doc["width"], doc["height"]) == (1000, 667)
     assert len(doc["faces"]) == 5
     for face in doc["faces"]:

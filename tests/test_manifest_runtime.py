@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +108,63 @@ def test_manifest_that_disagrees_with_the_model_is_a_load_error(models_copy: Pat
     (models_copy / "MANIFEST.json").write_text(json.dumps(doc))
     with pytest.raises(ModelLoadError, match=r"dlib-resnet-v1-int8: model input 192 px / output .* differ"):
         FaceAnalyzer(VisionConfig(models_dir=models_copy))
+
+
+E = "dlib-resnet-v1-int8"
+
+
+def _set(doc: dict[str, Any], path: str, value: object) -> None:
+    *parents, last = path.split(".")
+    node = doc["models"][E]
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    ("metric", "euclidean", r"models\.dlib-resnet-v1-int8\.metric: 'euclidean' is not one the node implements "
+                            r"\(cosine\)"),
+    ("output.normalisation", DELETE, r"models\.dlib-resnet-v1-int8\.output\.normalisation: missing"),
+    ("output.normalisation", "none", r"output\.normalisation: 'none' is not one the node implements \(l2\)"),
+    ("training_data.licence", DELETE, r"models\.dlib-resnet-v1-int8\.training_data\.licence: missing"),
+    ("training_data", DELETE, r"models\.dlib-resnet-v1-int8\.training_data: missing"),
+    ("match.floor_from", DELETE, r"models\.dlib-resnet-v1-int8\.match\.floor_from: missing"),
+    ("match.floor_from.date", DELETE, r"match\.floor_from\.date: missing"),
+    ("match.floor_from.calibration", None, r"match\.floor: 0\.94 has no calibration behind it"),
+    ("match.floor", 0.97, r"match: floor 0\.97 is above threshold 0\.94"),
+    ("match.threshold", 94, r"must be cosine scores in \(0, 1\]"),
+    ("alignment.size", 112, r"alignment\.size: 112 differs from input\.size 150"),
+    ("alignment.points", ["nose tip", "image-left eye", "image-right eye", "mouth centre"],
+     r"alignment\.points: .* the detector gives \['image-left eye', 'image-right eye', 'nose tip', 'mouth centre'\]"),
+    ("alignment.template", [[1, 2], [3, 4], [5, 6]], r"alignment\.template: expected 4 \[x, y\] points"),
+])
+def test_bad_embedder_declaration_names_the_field(models_copy: Path, path: str, value: object,
+                                                  message: str) -> None:
+    doc = json.loads((models_copy / "MANIFEST.json").read_text())
+    _set(doc, path, value)
+    (models_copy / "MANIFEST.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelManifestError, match=message) as err:
+        load_manifest(models_copy)
+    assert str(models_copy / "MANIFEST.json") in str(err.value)
+
+
+def test_every_embedder_declares_what_a_replacement_must(models_copy: Path) -> None:
+    manifest = load_manifest(models_copy)
+    for spec in manifest.models.values():
+        if spec.role != "embedder":
+            continue
+        assert spec.alignment is not None and spec.alignment.size == spec.input_size
+        assert (spec.normalisation, spec.metric) == ("l2", "cosine")
+        assert spec.training_data is not None and spec.training_data.licence and spec.licence
+        src = spec.floor_source
+        assert src is not None and src.calibration is not None  # every shipped embedder is calibrated
+        record = json.loads((default_models_dir() / src.calibration).read_text())
+        assert (record["model_id"], record["model_sha256"], record["when"]) == (spec.id, spec.sha256, src.date)
+        assert spec.match_threshold is not None and spec.threshold_floor is not None
+        assert spec.threshold_floor <= spec.match_threshold

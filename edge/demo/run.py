@@ -63,8 +63,8 @@ class DemoSite:
         return self.root / "node"
 
 
-def _deployment(path: Path) -> None:
-    """A deployment open from a few minutes ago for one hour, for the demo camera."""
+def _deployment(path: Path, threshold: float) -> None:
+    """A deployment open from a few minutes ago for one hour, for the demo camera, at the embedder's threshold."""
     t = now()
     path.write_text(
         "[deployment]\n"
@@ -73,7 +73,7 @@ def _deployment(path: Path) -> None:
         f"start = {format_time(t - timedelta(minutes=5))}\n"
         f"end = {format_time(t + timedelta(hours=1))}\n"
         f'cameras = ["{CAMERA}"]\n'
-        "threshold = 0.94\n"
+        f"threshold = {threshold}\n"
         "retention_days = 1\n"
         'watchlist = "demo"\n')
 
@@ -84,7 +84,7 @@ def prepare(site: DemoSite, vision: VisionConfig, log: TextIO) -> None:
     from provisioning.fleet import PASSPHRASE_ENV, Fleet
     from provisioning.operators import add_operator
     from provisioning.shards import issue_shard
-    from provisioning.watchlist import build_watchlist
+    from provisioning.watchlist import build_watchlist, load_watchlist
 
     os.environ[PASSPHRASE_ENV] = DEMO_PASSPHRASE  # this process only: the demo fleet's own keys
     fleet = Fleet(site.fleet_dir)
@@ -101,13 +101,14 @@ def prepare(site: DemoSite, vision: VisionConfig, log: TextIO) -> None:
         fleet.add_device(DEVICE, ident.public(), site.node_dir / "identity" / "device.json")
     if not store.root_path.exists():
         store.trust_init(fleet.root_bytes(1))
-    if not (site.fleet_dir / "watchlists" / "demo" / "entries.json").exists():
+    built = (site.fleet_dir / "watchlists" / "demo" / "entries.json").exists()
+    if not built or load_watchlist(fleet, "demo").model_sha256 != model.sha256:  # first run, or another embedder
         report = build_watchlist(fleet, "demo", FOOTAGE, WATCHLIST_CSV, analyzer, log)
         if report.entries != 2:
             raise DemoError(f"demo watch list: {report.entries} of 2 entries built ({report.refused})")
     analyzer.release()
     deploy = site.root / "deploy.toml"
-    _deployment(deploy)
+    _deployment(deploy, model.match_threshold or 1.0)  # an embedder always declares one (MANIFEST.json)
     shard = site.root / "current.shard"
     m = issue_shard(fleet, deploy, [DEVICE], shard, model)
     store.load(shard, model, now()).gallery.wipe()  # installed; the node loads it again at start
