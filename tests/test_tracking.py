@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from edge.alerts import alert_record
 from edge.config import TrackingConfig
@@ -21,6 +23,8 @@ from edge.tracking import KOFN, MIN_WEIGHT, TEMPLATE, Alert, FaceObservation, Tr
 from edge.vision.analyzer import FaceAnalyzer, read_rgb
 from edge.vision.quality import Quality, QualityConfig
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
+from provisioning.accuracy.kofn import Passage, track_scores, tracker_alerts
+from provisioning.accuracy.observe import Sighting
 
 DIM = 16
 THRESHOLD = 0.94
@@ -218,3 +222,41 @@ def test_the_turned_head_of_the_devset_clip_alerts_only_by_its_template(analyzer
     assert results[False] == []
     assert [(a.entry_id, a.rule) for a in results[True]] == [("clip-person", TEMPLATE)]
     assert results[True][0].score >= THRESHOLD and results[True][0].frames_agreeing >= 4
+
+
+# ---------------------------------------------------------------- the harness's replay of both rules
+
+
+PRESETS = (Quality(120.0, 0.95, 150.0, 0.0, 0.0, 0.0, True, ()), Quality(90.0, 0.7, 14.0, 30.0, 0.0, -20.0, True, ()),
+           Quality(60.0, 0.85, 40.0, -10.0, 0.0, 10.0, True, ()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.tuples(st.floats(0.85, 1.0), st.integers(1, 3), st.integers(0, 2))),
+                min_size=1, max_size=24),
+       st.sampled_from([(4, 7), (2, 3), (3, 3)]), st.sampled_from([0.9, 0.94, 0.97]), st.booleans())
+def test_the_harness_replay_says_when_the_real_tracker_alerts(frames: list[tuple[float, int, int] | None],
+                                                              rule: tuple[int, int], threshold: float,
+                                                              template: bool) -> None:
+    """One face passing a one-entry list (frames: cosine to the entry, the axis its remainder lies on, a quality
+    preset): the real tracker and matcher alert exactly when the replayed track score clears the threshold."""
+    k, n = rule
+    cfg = TrackingConfig(agree_k=k, window_n=n, template=template)
+    entry = np.zeros(4, np.float32)
+    entry[0] = 1.0
+    sightings: list[Sighting | None] = []
+    for i, f in enumerate(frames):
+        if f is None:
+            sightings.append(None)
+            continue
+        cos, axis, preset = f
+        assume(abs(cos - threshold) > 1e-4)
+        emb = np.zeros(4, np.float32)
+        emb[0], emb[axis] = cos, np.sqrt(1 - cos * cos)
+        sightings.append(Sighting("clip", i, "passer-by", 50.0, True, True, (), np.array([10, 10, 60, 60], np.float32),
+                                  emb, PRESETS[preset]))
+    passage = Passage("passer-by", "clip", (0, len(frames)), tuple(sightings))
+    score = float(track_scores(passage, entry[None, :].astype(np.float64), cfg)[0])
+    assume(abs(score - threshold) > 1e-4)
+    matcher = Matcher(Gallery(entry[None, :], ["e"]), MatchPolicy(threshold, MIN_MARGIN))
+    assert bool(tracker_alerts(passage, matcher, cfg)) == (score >= threshold)

@@ -306,7 +306,7 @@ class Harness:
         """Every passage as an unlisted passer-by (its own identity off the list): K-of-N track scores against
         every certain distractor, and the real tracker on that list. Passages of an enrolled identity that do
         not hold its enrolment photo or frame also run on the list with their own entry (listed people)."""
-        cfg, t = self.options.tracking, self.model.threshold
+        cfg, t, gate = self.options.tracking, self.model.threshold, self.analyzer.config.quality
         index = {name: i for i, name in enumerate(dict.fromkeys([*entries, *(p.identity for p in passages)]))}
         scores: list[float] = []
         owners: list[tuple[int, int]] = []
@@ -317,17 +317,17 @@ class Harness:
             if p.seen < cfg.agree_k or not others:
                 continue  # never seen often enough to alert for anyone, or nobody to alert for
             matrix = np.stack([self._embedding(entries[x]) for x in others])
-            ts = track_scores(p, matrix.astype(np.float64), cfg)
+            ts = track_scores(p, matrix.astype(np.float64), cfg, gate)
             scores += [float(v) for v in ts]
             owners += [(index[p.identity], index[x]) for x in others]
             used += 1
             fires += int((ts >= t).any())
-            false += bool(tracker_alerts(p, Matcher(Gallery(matrix, others), policy), cfg))
+            false += bool(tracker_alerts(p, Matcher(Gallery(matrix, others), policy), cfg, gate))
             entry = entries.get(p.identity)
             if entry is not None and not p.holds(entry):
                 ids = [*others, p.identity]
                 rows = np.stack([self._embedding(entries[x]) for x in ids])
-                alerts = tracker_alerts(p, Matcher(Gallery(rows, ids), policy), cfg)
+                alerts = tracker_alerts(p, Matcher(Gallery(rows, ids), policy), cfg, gate)
                 listed += 1
                 listed_ok += p.identity in alerts
                 listed_wrong += any(a != p.identity for a in alerts)

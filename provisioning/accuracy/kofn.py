@@ -1,12 +1,16 @@
-"""The tracker's K-of-N rule over a passer-by's frames: replayed per entry as a score, and run for real.
+"""The tracker's two rules over a passer-by's frames: replayed per entry as a score, and run for real.
 
 `edge.tracking.Tracker` alerts for an entry once K of a track's last N frame decisions name it. For one
 (passer-by, entry) pair that happens at threshold t exactly when, in some window of N consecutive frames,
 the K-th highest score against that entry is >= t. That K-th highest score, maximised over the windows, is
-the pair's *track score*: track scores form a score set like per-frame pairs, and the same tail model and
-list-size arithmetic apply to them. The replay leaves out the margin over the runner-up and the competition
-between entries (both can only remove alerts), so it is an upper bound of the real rule; `tracker_alerts`
-runs the real tracker and matcher on the lists the data can fill, to check the two against each other.
+the pair's K-of-N score. Beside it the tracker matches the track's quality-weighted template once it holds K
+gated frames, and alerts when the template scores >= t and some frame so far scored >= t on its own: at
+frame i, min(template score, best single frame so far), maximised over i, is the pair's template score.
+The larger of the two is the pair's *track score*: track scores form a score set like per-frame pairs, and
+the same tail model and list-size arithmetic apply to them. The replay leaves out the margin over the
+runner-up and the competition between entries (both can only remove alerts), so it is an upper bound of the
+real rules; `tracker_alerts` runs the real tracker and matcher on the lists the data can fill, to check the
+two against each other.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge.config import TrackingConfig
-from edge.tracking import FaceObservation, Tracker
+from edge.tracking import FaceObservation, Tracker, template_weight
+from edge.vision.quality import QualityConfig
 from edge.watchlist.gallery import Matcher
 from provisioning.accuracy.observe import Sighting
 
@@ -67,14 +72,51 @@ def passage_scores(passage: Passage, entries: np.ndarray) -> np.ndarray:
     return out
 
 
-def track_scores(passage: Passage, entries: np.ndarray, config: TrackingConfig) -> np.ndarray:
-    """The K-of-N track score of the passage against each entry (row of `entries`)."""
+def weight(s: Sighting, gate: QualityConfig) -> float:
+    """The sighting's weight in its track's template, as the node computes it (1 without a quality record)."""
+    return 1.0 if s.quality is None else template_weight(s.quality, gate)
+
+
+def template_scores(passage: Passage, entries: np.ndarray, min_frames: int,
+                    gate: QualityConfig | None = None) -> np.ndarray:
+    """Per entry: max over the frames with at least `min_frames` gated frames fused so far of min(the running
+    quality-weighted template's cosine, the best single frame so far): the highest threshold at which the
+    template rule fires (-inf where it never can)."""
+    g = gate or QualityConfig()
+    out = np.full(entries.shape[0], -np.inf)
+    total = np.zeros(entries.shape[1], np.float64)
+    best = np.full(entries.shape[0], -np.inf)
+    fused = 0
+    for s in passage.usable():
+        if s is None or s.embedding is None:
+            continue
+        e = s.embedding.astype(np.float64)
+        total += weight(s, g) * e
+        best = np.maximum(best, entries @ e)
+        fused += 1
+        norm = float(np.linalg.norm(total))
+        if fused >= min_frames and norm > 0:
+            out = np.maximum(out, np.minimum(entries @ (total / norm), best))
+    return out
+
+
+def track_scores(passage: Passage, entries: np.ndarray, config: TrackingConfig,
+                 gate: QualityConfig | None = None) -> np.ndarray:
+    """The track score of the passage against each entry (row of `entries`): the K-of-N score, or the template
+    score when that is higher and the config has the template rule on."""
     per_frame = passage_scores(passage, entries)
-    return np.array([kofn_score(per_frame[:, j], config.agree_k, config.window_n) for j in range(entries.shape[0])])
+    kofn = np.array([kofn_score(per_frame[:, j], config.agree_k, config.window_n) for j in range(entries.shape[0])])
+    if not config.template:
+        return kofn
+    out: np.ndarray = np.maximum(kofn, template_scores(passage, entries, config.agree_k, gate))
+    return out
 
 
-def tracker_alerts(passage: Passage, matcher: Matcher, config: TrackingConfig) -> list[str]:
-    """The entries the node's own tracker alerts for on this passage, matched by the node's own matcher."""
+def tracker_alerts(passage: Passage, matcher: Matcher, config: TrackingConfig,
+                   gate: QualityConfig | None = None) -> list[str]:
+    """The entries the node's own tracker alerts for on this passage, matched by the node's own matcher (which
+    also matches the track's template, each face weighted by its quality as the pipeline does)."""
+    g = gate or QualityConfig()
     usable = passage.usable()
     boxes = [s.box for s in usable if s is not None and s.box is not None]
     if not boxes:
@@ -88,8 +130,9 @@ def tracker_alerts(passage: Passage, matcher: Matcher, config: TrackingConfig) -
             faces: list[FaceObservation] = []
             if s is not None and s.embedding is not None and s.box is not None:
                 m = matcher.match(s.embedding[None, :])[0]
-                faces.append(FaceObservation(s.box, s.embedding, m.entry_id, m.score if m.matched else 0.0))
-            out += [a.entry_id for a in tracker.update(i / FPS, canvas, faces, [f.box for f in faces])]
+                faces.append(FaceObservation(s.box, s.embedding, m.entry_id, m.score if m.matched else 0.0,
+                                             weight(s, g)))
+            out += [a.entry_id for a in tracker.update(i / FPS, canvas, faces, [f.box for f in faces], matcher)]
     finally:
         tracker.reset()
         matcher.release()

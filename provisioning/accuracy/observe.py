@@ -17,6 +17,7 @@ import numpy as np
 
 from edge.vision.analyzer import FaceAnalyzer
 from edge.vision.detect import iou
+from edge.vision.quality import Quality
 from provisioning.accuracy.dataset import DatasetError, LabelledClip, LabelledFace
 
 LABEL_IOU = 0.3
@@ -39,6 +40,7 @@ class Sighting:
     reasons: tuple[str, ...]  # why the gate refused it, or NOT_DETECTED
     box: np.ndarray | None  # the detection's box
     embedding: np.ndarray | None  # unit length, a copy; None when not detected
+    quality: Quality | None = None  # what the gate measured (the track template weighs frames by it)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ class Observer:
                 f = found[i]
                 emb = None if f.embedding is None else np.array(f.embedding, np.float32)
                 out.append(Sighting(source, frame, face.identity, width, True, f.quality.passed,
-                                    f.quality.reasons, np.array(f.detection.box, np.float32), emb))
+                                    f.quality.reasons, np.array(f.detection.box, np.float32), emb, f.quality))
             return FrameResult(tuple(out), sum(1 for j in labels if j is None))
         finally:
             self.analyzer.release()
@@ -176,7 +178,7 @@ class Observer:
                         emb = None if f.embedding is None else np.array(f.embedding, np.float32)
                         person.append(Sighting(clip.path, i, clip.identity, f.detection.width, True,
                                                f.quality.passed, f.quality.reasons,
-                                               np.array(f.detection.box, np.float32), emb))
+                                               np.array(f.detection.box, np.float32), emb, f.quality))
                         false += len(found) - 1
                     else:
                         person.append(None)

@@ -167,7 +167,7 @@ class ReportWriter:
             f"- embedder **{m.embedder}** ({m.variant}, sha256 `{m.sha256[:16]}`), detector {m.detector}; "
             f"release {m.release}; {r.when}",
             f"- deployment threshold **{m.threshold:.2f}** (floor {m.floor}), margin over the runner-up "
-            f"{m.margin}, tracker K = {k} of N = {n}",
+            f"{m.margin}, tracker K = {k} of N = {n}, track template {'on' if o.tracking.template else 'off'}",
             f"- data: `{Path(r.dataset).name}` ({r.photos} photos at scales "
             f"{', '.join(f'{x:g}' for x in o.scales)}; {r.clip_frames} clip frames, every {o.clip_stride}th "
             f"gate-passing one in the pairs; each photo also held {o.hold} jittered frames in front of a 720p "
@@ -224,6 +224,7 @@ class ReportWriter:
         r, m, c = self.r, self.r.model, self.r.check
         k, n = r.options.tracking.agree_k, r.options.tracking.window_n
         te = r.track_at_threshold
+        rules = " and its track template" if r.options.tracking.template else ""
         lines = [
             f"## Open set at the deployment threshold ({m.threshold:.2f})",
             "",
@@ -231,7 +232,7 @@ class ReportWriter:
             "of listed people not matched to their own entry. *data*: the node's `Matcher` on random lists "
             f"drawn from the set ({r.options.draws} per probe; the set gives at most {r.data_list_size} certain "
             "distractors). *model*: the impostor tail model, entries independent. False alerts per 1,000 "
-            f"passers-by: after the tracker's {k}-of-{n} rule, from the tail model of K-of-N track scores.",
+            f"passers-by: after the tracker's {k}-of-{n} rule{rules}, from the tail model of track scores.",
             "",
             "| entries | FPIR data | FPIR model (90% interval) | FNIR data | FNIR model | false alerts per 1,000 "
             "passers-by (90% interval) | |",
@@ -244,7 +245,7 @@ class ReportWriter:
                          f"{'extrapolated' if row.extrapolated else 'within the data'} |")
         lines += [
             "",
-            f"K-of-N track scores: {te.hits} of {te.pairs} (passage, entry) pairs reach {m.threshold:.2f}; tail "
+            f"Track scores: {te.hits} of {te.pairs} (passage, entry) pairs reach {m.threshold:.2f}; tail "
             f"model {sci(te.model)} per pair (90% interval {sci(te.low)} to {sci(te.high)}), against "
             f"{sci(r.at_threshold.model)} for single frames.",
             "",
@@ -307,6 +308,10 @@ class ReportWriter:
             "out the margin and competition between entries, this is an upper bound of the tracker, checked "
             "against the real tracker on the lists the data fills. A lookalike scores high on every frame, so "
             "K-of-N removes wandering scores, not lookalikes: the track-score tail shows how much is left.",
+            "- **Track template.** Beside K-of-N the tracker matches each track's quality-weighted template once it "
+            "holds K gated frames, and alerts when the template clears the threshold and one frame so far cleared "
+            "it on its own (docs/tracking.md): min(template score, best frame so far), maximised over the "
+            "passage, is the template's track score, and a pair's track score is the larger of the two rules'.",
             "- **Limits of this set.** Few identities, and one person (Obama) with several photos; the clip's "
             "frames are many views of one person. Rates under about 1 / (number of pairs) are model "
             "extrapolations whatever the table says; the intervals say how far the data constrain them.",
