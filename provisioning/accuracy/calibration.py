@@ -192,7 +192,7 @@ class Rehearsal:
                     results = matcher.match(np.stack([f.embedding for f in faces]))
                     obs = [FaceObservation(f.box, f.embedding, r.entry_id, r.score if r.matched else 0.0)
                            for f, r in zip(faces, results, strict=True)]
-                alerts += len(tracker.update(i / FPS, canvas, obs, [f.box for f in faces]))
+                alerts += len(tracker.update(i / FPS, canvas, obs, [f.box for f in faces], matcher))  # both rules
             tracks += tracker.ended + tracker.active
         finally:
             tracker.reset()
