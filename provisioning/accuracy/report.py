@@ -339,6 +339,6 @@ class ReportWriter:
             "optimistic) and refuses, with the figures and the lowest threshold that would pass, when the "
             "prediction exceeds the policy; it refuses too when the policy is set and the model has no "
             "calibration. Without the key there is no such check (the model's floor still applies). The floor "
-            "in MANIFEST.json is not yet derived from calibration: that stays with the model's owners (issue 13, "
-            "item 4).",
+            "in MANIFEST.json comes from a calibration of the model itself (models/calibration/<id>.json, set by "
+            "models/tools/write_manifest.py; docs/embedders.md).",
         ]
