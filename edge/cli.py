@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.audit import AuditError, AuditLog
+from edge.capture.errors import CaptureError
 from edge.config import (
     DEFAULT_CONFIG,
     DEFAULT_STATE_DIR,
@@ -24,13 +25,21 @@ from edge.config import (
     reference_markdown,
     replace_reference,
 )
+from edge.demo.run import DemoError
+from edge.events.evidence import EvidenceError
 from edge.events.link import BrokerURLError
+from edge.events.messages import MessageError
+from edge.events.outbox import OutboxError
+from edge.events.topics import TopicError
 from edge.identity import IdentityError, create_identity, load_identity
 from edge.node import NodeError
+from edge.provision.errors import ProvisionError
+from edge.systemd import SystemdEnvironmentError
 from edge.tls import DeviceTLS, TLSIdentityError
+from edge.trust.canonical import CanonicalFormError
 from edge.trust.keys import KeyFileError
 from edge.trust.root import TrustError
-from edge.trust.times import format_time, now, parse_time
+from edge.trust.times import TimeFormatError, format_time, now, parse_time
 from edge.vault import STORAGE_PURPOSE, EvidenceVault, VaultError, purge_and_record
 from edge.vision.analyzer import AnalysedFace, FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import DetectorConfig, TilePlan
@@ -38,8 +47,19 @@ from edge.vision.errors import ImageDecodeError, VisionError
 from edge.vision.manifest import ModelSpec, load_manifest
 from edge.vision.runtime import Delegate, RuntimeConfig, limit_blas_threads
 from edge.vision.timing import StageClock
+from edge.watchlist.gallery import GalleryError
 from edge.watchlist.loader import DEFAULT_MAX_SHARD_BYTES
 from edge.watchlist.store import ShardStore, StoreError
+from provisioning.ca import CertificateError
+from provisioning.fleet import FleetError
+
+# Every failure family a command can end in (shards and commands are TrustErrors, the demo runs the fleet's
+# code): main prints each as its one line and exits 2, never a traceback. provisioning/cli.py adds the fleet's.
+COMMAND_ERRORS: tuple[type[Exception], ...] = (
+    VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError, ConfigError, NodeError,
+    BrokerURLError, VaultError, AuditError, StaleReferenceError, CaptureError, DemoError, EvidenceError,
+    MessageError, OutboxError, TopicError, ProvisionError, CanonicalFormError, TimeFormatError, GalleryError,
+    CertificateError, FleetError, SystemdEnvironmentError)
 
 
 def _vision_args(p: argparse.ArgumentParser, tiles: str = DEFAULT_TILES) -> None:
@@ -378,8 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, TrustError, StoreError, IdentityError, KeyFileError, TLSIdentityError, ConfigError,
-            NodeError, BrokerURLError, VaultError, AuditError, StaleReferenceError) as exc:
+    except COMMAND_ERRORS as exc:
         print(f"edge-node {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -11,12 +11,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from edge.audit import AuditError, AuditTamperError, verify_log
+from edge.audit import AuditTamperError, verify_log
+from edge.cli import COMMAND_ERRORS
 from edge.config import TrackingConfig
 from edge.events.commands import REVIEW_OUTCOMES, check_args, shard_push_args
-from edge.events.link import BrokerURLError
 from edge.trust.keys import ed25519_public
-from edge.trust.root import TrustError
 from edge.trust.times import TimeFormatError, format_time, now, parse_time
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.vision.errors import VisionError
@@ -24,8 +23,10 @@ from edge.vision.manifest import load_manifest
 from edge.vision.runtime import limit_blas_threads
 from edge.watchlist.gallery import Gallery
 from provisioning.accuracy.calibration import POLICY_KEY, Rehearsal, calibrate, policy_limit, proposal_text, save_record
+from provisioning.accuracy.dataset import DatasetError
+from provisioning.accuracy.stats import TailFitError
 from provisioning.broker import BrokerConfig
-from provisioning.ca import CertificateError, FleetCA
+from provisioning.ca import FleetCA
 from provisioning.commands import sign_command
 from provisioning.console import NOT_QUEUED, REFUSED_BY_BROKER, EventTail, FleetClient, publish_commands, run_tail
 from provisioning.fleet import Fleet, FleetError, passphrase
@@ -33,6 +34,9 @@ from provisioning.operators import add_operator, fleet_settings, issue_person, o
 from provisioning.reports import AuditSource, deployment_report
 from provisioning.shards import issue_shard
 from provisioning.watchlist import build_watchlist, load_watchlist
+
+# edge-node's failure families (the fleet runs the same code) and the fleet's own, each printed as its one line.
+FLEET_ERRORS: tuple[type[Exception], ...] = (*COMMAND_ERRORS, DatasetError, TailFitError, OSError)
 
 
 def cmd_models_verify(args: argparse.Namespace) -> int:
@@ -585,8 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_blas_threads()
     try:
         code: int = args.func(args)
-    except (VisionError, FleetError, TrustError, CertificateError, BrokerURLError, AuditError, TimeFormatError,
-            OSError) as exc:
+    except FLEET_ERRORS as exc:
         print(f"edge-fleet {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from edge.vision.errors import ModelIntegrityError, ModelManifestError
 
 MANIFEST_NAME = "MANIFEST.json"
 MODELS_DIR_ENV = "EDGE_MODELS_DIR"
+INSTALLED_MODELS = Path("share/edge-node/models")  # under the install prefix: pyproject.toml data-files
 # What the node implements for any embedder: the points the detector gives (in this order, see
 # edge.vision.align.alignment_points), the output normalisation and the score the matcher computes.
 ALIGNMENT_POINTS = ("image-left eye", "image-right eye", "nose tip", "mouth centre")
@@ -133,14 +135,16 @@ class ModelManifest:
 
 
 def default_models_dir() -> Path:
-    """$EDGE_MODELS_DIR, else the source tree's models/, else the packaged location."""
+    """$EDGE_MODELS_DIR, else the source tree's models/ (a checkout, an editable install), else the directory
+    the wheel installs, <prefix>/share/edge-node/models (the venv's; /opt/edge-node's in the Debian package),
+    else /usr/share/edge-node/models (an image that puts the models beside a system-wide install)."""
     env = os.environ.get(MODELS_DIR_ENV)
     if env:
         return Path(env)
-    tree = Path(__file__).resolve().parents[2] / "models"
-    if (tree / MANIFEST_NAME).is_file():
-        return tree
-    return Path("/usr/share/edge-node/models")
+    for candidate in (Path(__file__).resolve().parents[2] / "models", Path(sys.prefix) / INSTALLED_MODELS):
+        if (candidate / MANIFEST_NAME).is_file():
+            return candidate
+    return Path("/usr") / INSTALLED_MODELS
 
 
 def load_manifest(directory: Path | None = None) -> ModelManifest:
