@@ -53,10 +53,13 @@ from common import require_devset
 
 from edge.config import TrackingConfig
 from edge.pipeline import MIN_MARGIN
-from edge.tracking import FaceObservation, Tracker
+from edge.tracking import KOFN, TEMPLATE, FaceObservation, Tracker, template_weight
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
 from edge.vision.detect import iou
+from edge.vision.quality import Quality
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
+from provisioning.accuracy.kofn import Passage, kofn_score, passage_scores, template_scores
+from provisioning.accuracy.observe import Sighting
 
 FPS = 15.0  # the node's replay rate, and the camera rate the latency target is stated at
 LATENCY_TARGET_S = 0.5
@@ -78,11 +81,19 @@ DEMO_SEQUENCE = ("videos/WolfgangLanger_Pexels.mp4", "images/face_recognition/ob
                  "images/face_recognition/obama3.jpg")
 
 
+GATE = VisionConfig().quality  # the gate the frames went through; the template weighs faces by it
+
+
 @dataclass
 class Obs:
     box: np.ndarray
     emb: np.ndarray  # unit length, copied out of the analyser
     label: str | None  # devset identity, None for a detection no annotation explains
+    quality: Quality  # what the gate measured
+
+    @property
+    def weight(self) -> float:
+        return template_weight(self.quality, GATE)
 
 
 @dataclass
@@ -147,7 +158,7 @@ def observe(analyzer: FaceAnalyzer, rgb: np.ndarray, ann_boxes: np.ndarray, name
     faces = [f for f in analyzer.analyse(rgb) if f.embedding is not None]
     boxes = np.array([f.detection.box for f in faces], np.float64).reshape(-1, 4)
     labels = label_faces(boxes, ann_boxes, names)
-    obs = [Obs(np.asarray(f.detection.box, np.float32).copy(), np.array(f.embedding, np.float32), lab)
+    obs = [Obs(np.asarray(f.detection.box, np.float32).copy(), np.array(f.embedding, np.float32), lab, f.quality)
            for f, lab in zip(faces, labels, strict=True)]
     analyzer.release()
     return obs
@@ -242,6 +253,7 @@ class Run:
     entries: tuple[str, ...]
     scored: frozenset[str | None]  # identities whose tracks count here (None: unannotated detections)
     decisions: dict[float, list[list[tuple[str | None, float]]]] = field(default_factory=dict)
+    matchers: dict[float, Matcher] = field(default_factory=dict)  # the track templates are matched by them
 
     def present_scored(self) -> set[str]:
         return {t for t in self.scored if t is not None and t in self.seq.present}
@@ -261,6 +273,7 @@ def decide(run: Run, rows: dict[str, np.ndarray], thresholds: Iterable[float]) -
             per_frame.append([(r.entry_id, r.score) for r in results])
         matcher.release()
         run.decisions[thr] = per_frame
+        run.matchers[thr] = matcher
 
 
 def runs_for(seqs: list[Sequence], rows: dict[str, np.ndarray]) -> tuple[list[Run], list[Run]]:
@@ -280,7 +293,7 @@ def runs_for(seqs: list[Sequence], rows: dict[str, np.ndarray]) -> tuple[list[Ru
 class TrackLog:
     first: int
     labels: Counter[str | None] = field(default_factory=Counter)
-    alerts: list[tuple[int, str, str | None]] = field(default_factory=list)  # frame, entry, face label then
+    alerts: list[tuple[int, str, str | None, str]] = field(default_factory=list)  # frame, entry, face label, rule
     sources: set[str] = field(default_factory=set)
 
     @property
@@ -289,17 +302,19 @@ class TrackLog:
 
 
 def track(frames: list[list[Obs]], decisions: list[list[tuple[str | None, float]]], cfg: TrackingConfig,
-          shape: tuple[int, int, int], sources: list[str] | None = None) -> dict[str, TrackLog]:
-    """Feed one decision sequence through a fresh Tracker; which face went to which track, and its alerts."""
+          shape: tuple[int, int, int], sources: list[str] | None = None,
+          matcher: Matcher | None = None) -> dict[str, TrackLog]:
+    """Feed one decision sequence through a fresh Tracker; which face went to which track, and its alerts.
+    With `matcher` (the one that made the decisions) the tracker also matches track templates."""
     dim = next((o[0].emb.shape[0] for o in frames if o), 128)
     tracker = Tracker(cfg, dim)
     frame = np.zeros(shape, np.uint8)  # evidence crops are not scored here; the tracker still cuts them
     logs: dict[str, TrackLog] = {}
     for i, (obs, dec) in enumerate(zip(frames, decisions, strict=True)):
         now = i / FPS
-        faces = [FaceObservation(o.box, o.emb, e, s if e is not None else 0.0)  # as the pipeline hands them
+        faces = [FaceObservation(o.box, o.emb, e, s if e is not None else 0.0, o.weight)  # as the pipeline does
                  for o, (e, s) in zip(obs, dec, strict=True)]
-        alerts = tracker.update(now, frame, faces)
+        alerts = tracker.update(now, frame, faces, [o.box for o in obs], matcher)
         # which track took which face: the tracker copies the face's box into the track it continues
         # (read-only look at its track table; edge.tracking has no public per-face assignment)
         owner: dict[int, str] = {}
@@ -319,7 +334,7 @@ def track(frames: list[list[Obs]], decisions: list[list[tuple[str | None, float]
                 log.sources.add(sources[i])
         for a in alerts:
             j = next(j for j, t in owner.items() if t == a.track_id)
-            logs[a.track_id].alerts.append((i, a.entry_id, obs[j].label))
+            logs[a.track_id].alerts.append((i, a.entry_id, obs[j].label, a.rule))
     tracker.reset()
     return logs
 
@@ -362,19 +377,21 @@ class Score:
     sparse: int = 0
     sparse_alerted: int = 0
     latencies: list[int] = field(default_factory=list)  # well-seen: frames after first in view to the alert
+    rules: Counter[str] = field(default_factory=Counter)  # alerts (any) by the rule that fired
 
 
 def first_correct(logs: dict[str, TrackLog], run: Run) -> int | None:
-    hits = [i for log in logs.values() for i, entry, label in log.alerts if correct(entry, label)]
+    hits = [i for log in logs.values() for i, entry, label, _rule in log.alerts if correct(entry, label)]
     return min(hits) - run.seq.present[LISTED] if hits else None
 
 
 def score_run(run: Run, thr: float, cfg: TrackingConfig, truth: Truth, out: Score) -> None:
-    logs = track(run.seq.frames, run.decisions[thr], cfg, run.seq.shape)
+    logs = track(run.seq.frames, run.decisions[thr], cfg, run.seq.shape, matcher=run.matchers[thr])
     for log in logs.values():
         if log.label not in run.scored:
             continue
-        for _i, entry, label in log.alerts:
+        for _i, entry, label, rule in log.alerts:
+            out.rules[rule] += 1
             if correct(entry, label):
                 continue
             if truth.doubtful(label, entry):
@@ -409,7 +426,7 @@ def under_loss(runs: list[Run], thr: float, cfg: TrackingConfig, loss: float, re
                                                                                         strict=True)]
             decs = [[d for d, k in zip(dec, ks, strict=True) if k] for dec, ks in zip(run.decisions[thr], keep,
                                                                                     strict=True)]
-            lat = first_correct(track(frames, decs, cfg, run.seq.shape), run)
+            lat = first_correct(track(frames, decs, cfg, run.seq.shape, matcher=run.matchers[thr]), run)
             tried += 1
             if lat is not None:
                 alerted += 1
@@ -450,10 +467,10 @@ def rules() -> list[tuple[int, int]]:
     return [(k, n) for k in range(1, MAX_K + 1) for n in range(k, MAX_N + 1)]
 
 
-def sweep(runs: list[Run], thresholds: tuple[float, ...], truth: Truth) -> dict[Key, Score]:
+def sweep(runs: list[Run], thresholds: tuple[float, ...], truth: Truth, template: bool) -> dict[Key, Score]:
     out = {}
     for k, n in rules():
-        cfg = TrackingConfig(agree_k=k, window_n=n)
+        cfg = TrackingConfig(agree_k=k, window_n=n, template=template)
         for thr in thresholds:
             s = Score()
             for run in runs:
@@ -575,7 +592,7 @@ def continuity(seqs: list[Sequence], rows: dict[str, np.ndarray], truth: Truth) 
 
 
 def demo_replay(seqs: list[Sequence], rows: dict[str, np.ndarray], thresholds: tuple[float, ...],
-                show: list[tuple[int, int]]) -> list[str]:
+                show: list[tuple[int, int]], template: bool) -> list[str]:
     """The demo's own order as one camera stream (clip, then held stills, cut to cut, no gap)."""
     first = {s.source: s for s in reversed(seqs) if s.name.endswith("#0") or "#" not in s.name}
     parts = [first[p] for p in DEMO_SEQUENCE if p in first]
@@ -588,13 +605,133 @@ def demo_replay(seqs: list[Sequence], rows: dict[str, np.ndarray], thresholds: t
     out = []
     for k, n in show:
         for thr in thresholds:
-            logs = track(frames, run.decisions[thr], TrackingConfig(agree_k=k, window_n=n), shape, sources)
+            logs = track(frames, run.decisions[thr], TrackingConfig(agree_k=k, window_n=n, template=template), shape,
+                         sources, run.matchers[thr])
             alerts = [a for lg in logs.values() for a in lg.alerts]
             wrong = [f"{a[2] or 'unannotated'} -> {a[1]}" for a in alerts if not correct(a[1], a[2])]
+            by_rule = Counter(a[3] for a in alerts)
             crossing = sum(1 for lg in logs.values() if len(lg.sources) > 1)
-            out.append(f"  {k}/{n} @ {thr:.2f}: {len(alerts)} alerts ({len(alerts) - len(wrong)} on Obama"
-                       f"{', false: ' + '; '.join(wrong) if wrong else ''}; 2 expected), {len(logs)} tracks, "
-                       f"{crossing} continued across a cut to another photo")
+            out.append(f"  {k}/{n} @ {thr:.2f}, template {'on' if template else 'off'}: {len(alerts)} alerts "
+                       f"({len(alerts) - len(wrong)} on Obama{', false: ' + '; '.join(wrong) if wrong else ''}; "
+                       f"2 expected; by rule: {by_rule[KOFN]} K-of-N, {by_rule[TEMPLATE]} template), {len(logs)} "
+                       f"tracks, {crossing} continued across a cut to another photo")
+    return out
+
+
+# ---------------------------------------------------------------- what the track template does to scores
+
+PASSAGE = 30  # frames a clip passage lasts (2 s at 15 fps), as in the accuracy harness
+STRIDE = 48  # every 48th gate-passing clip frame is an enrolment, as the harness samples its pairs
+
+
+def passage_of(obs: list[Obs | None], source: str, label: str) -> Passage:
+    """Frames of one face as the accuracy harness's Passage (its replay functions score it)."""
+    return Passage(label, source, (0, len(obs)), tuple(
+        None if o is None else Sighting(source, i, label, float(o.box[2] - o.box[0]), True, True, (), o.box, o.emb,
+                                        o.quality) for i, o in enumerate(obs)))
+
+
+def running_templates(obs: list[Obs | None]) -> list[np.ndarray | None]:
+    """After each frame, the face's quality-weighted template so far (unit length; None where unseen)."""
+    total: np.ndarray | None = None
+    out: list[np.ndarray | None] = []
+    for o in obs:
+        if o is None:
+            out.append(None)
+            continue
+        total = o.weight * o.emb if total is None else total + o.weight * o.emb
+        out.append(total / np.linalg.norm(total))
+    return out
+
+
+def spread(values: list[float]) -> str:
+    v = np.array(values)
+    return (f"min {v.min():.3f}, 10th pct {np.percentile(v, 10):.3f}, median {np.median(v):.3f}, "
+            f"under 0.94 {(v < 0.94).sum()} ({(v < 0.94).mean():.0%}), under 0.93 {(v < 0.93).sum()}")
+
+
+def turned_head(seqs: list[Sequence], k: int) -> list[str]:
+    """The clip's one person, the issue's worst same-person pairs (frames of one turned head). Enrolled from
+    every STRIDE-th gate-passing frame in turn; every frame of every PASSAGE-frame passage not holding the
+    enrolment frame is a probe: before = the frame's own cosine, after = its track template's so far (the
+    frames where the template has the K gated frames it needs to be matched). Also the harness's sampled pairs
+    (enrolment frame, sampled frame), the later one replaced by its passage's template at that frame."""
+    clip = next(s for s in seqs if s.source.startswith("videos/") and CLIP_PERSON in s.present)
+    person = [next((o for o in obs if o.label == CLIP_PERSON), None) for obs in clip.frames]
+    seen = [i for i, o in enumerate(person) if o is not None]
+    enrol = seen[::STRIDE]
+    templates: list[np.ndarray | None] = []
+    fused: list[int] = []
+    for a in range(0, len(person) - PASSAGE + 1, PASSAGE):
+        templates += running_templates(person[a:a + PASSAGE])
+        fused += list(np.cumsum([o is not None for o in person[a:a + PASSAGE]]))
+    before, after, pb, pa = [], [], [], []
+    for e in enrol:
+        ref = person[e]
+        assert ref is not None
+        for i, t in enumerate(templates):
+            o = person[i]
+            if o is None or t is None or fused[i] < k or i // PASSAGE == e // PASSAGE:
+                continue
+            before.append(float(o.emb @ ref.emb))
+            after.append(float(t @ ref.emb))
+            if i in enrol and i > e:
+                pb.append(before[-1])
+                pa.append(after[-1])
+    return [f"clip frames x {len(enrol)} enrolments ({len(before)} pairs): before {spread(before)}",
+            f"    after (track template, K = {k} gated frames or more): {spread(after)}",
+            f"sampled pairs ({len(pb)}): before {spread(pb)}",
+            f"    after: {spread(pa)}"]
+
+
+def impostor_templates(runs: list[Run], rows: dict[str, np.ndarray], truth: Truth, k: int, n: int) -> list[str]:
+    """Every unlisted identity's passages (a held still's frames; the clip in PASSAGE-frame passages) against
+    every entry that is certainly someone else: the best single frame, the K-of-N score, the template alone
+    (normalised mean, no guard) and the template rule as the node runs it (guarded by the best frame so far)."""
+    kinds: dict[str, list[float]] = {"single frame (max)": [], f"K-of-N {k}/{n}": [], "template alone": [],
+                                     "template rule (guarded)": [], "track score (both rules)": []}
+    listed: dict[str, list[float]] = {f"K-of-N {k}/{n}": [], "template rule (guarded)": []}
+    for run in runs:
+        for ident in run.present_scored():
+            obs = [next((o for o in frame if o.label == ident), None) for frame in run.seq.frames]
+            length = PASSAGE if run.seq.source.startswith("videos/") else len(obs)
+            others = [e for e in run.entries if e != ident and not truth.doubtful(ident, e)]
+            if ident == LISTED:
+                others = [LISTED]
+            m = np.stack([rows[e] for e in others]).astype(np.float64)
+            for a in range(0, len(obs) - length + 1, length):
+                p = passage_of(obs[a:a + length], run.seq.source, ident)
+                if p.seen < k:
+                    continue
+                per_frame = passage_scores(p, m)
+                kn = [kofn_score(per_frame[:, j], k, n) for j in range(m.shape[0])]
+                raw = template_scores(p, m, k, GATE, guarded=False)
+                rule = template_scores(p, m, k, GATE)
+                if ident == LISTED:
+                    listed[f"K-of-N {k}/{n}"] += kn
+                    listed["template rule (guarded)"] += list(rule)
+                    continue
+                kinds["single frame (max)"] += list(per_frame.max(axis=0))
+                kinds[f"K-of-N {k}/{n}"] += kn
+                kinds["template alone"] += list(raw)
+                kinds["template rule (guarded)"] += list(rule)
+                kinds["track score (both rules)"] += list(np.maximum(kn, rule))
+    out = []
+    for name, v in kinds.items():
+        x = np.array(v)
+        x = x[np.isfinite(x)]
+        out.append(f"{name:<26} {len(x)} pairs: max {x.max():.3f}, 99th pct {np.percentile(x, 99):.3f}, >= 0.92 "
+                   f"{(x >= 0.92).sum()}, >= 0.93 {(x >= 0.93).sum()}, >= 0.94 {(x >= 0.94).sum()}")
+    raw, kn_all = np.array(kinds["template alone"]), np.array(kinds[f"K-of-N {k}/{n}"])
+    top = np.array(kinds["single frame (max)"])
+    ok = np.isfinite(raw) & np.isfinite(kn_all)
+    out.append(f"template alone above its best single frame: {(raw > top)[ok].sum()} of {ok.sum()} pairs, by up "
+               f"to {(raw - top)[ok].max():.4f}; above the K-of-N score: {(raw > kn_all)[ok].sum()}, mean "
+               f"difference {(raw - kn_all)[ok].mean():+.4f}")
+    for name, v in listed.items():
+        own = np.array(v)
+        out.append(f"listed person, own entry, {name}: {len(own)} passages, min {own.min():.3f}, median "
+                   f"{np.median(own):.3f}, under 0.94 {(own < 0.94).sum()}")
     return out
 
 
@@ -609,6 +746,8 @@ def main() -> int:
     ap.add_argument("--loss-reps", type=int, default=5, help="random drop patterns per appearance (5)")
     ap.add_argument("--show-pairs", type=int, default=6, help="falsely matched pairs listed per threshold")
     ap.add_argument("--quick", action="store_true", help="only the demo's photos (a smoke run)")
+    ap.add_argument("--template", choices=("off", "on", "both"), default="both",
+                    help="sweep the rules with the track template off, on, or both (default)")
     ap.add_argument("--cache", type=Path, help="keep the analysed frames here (embeddings of devset faces: "
                                                "delete it afterwards) and reuse them on the next run")
     args = ap.parse_args()
@@ -657,26 +796,42 @@ def main() -> int:
                 print(f"      ... {len(rest)} more pairs, (frames, longest run): "
                       + ", ".join(f"({c}, {longest})" for _p, (c, longest) in rest))
 
-    res = Results(thresholds, sweep(devset_runs, thresholds, truth), sweep(demo_runs, thresholds, truth),
-                  {(k, n, t): under_loss(devset_runs, t, TrackingConfig(agree_k=k, window_n=n), args.loss,
-                                         args.loss_reps, args.seed)
-                   for k, n in rules() for t in (OPERATING,)})
-    print_table(res, args.loss)
-    choice, lines = recommend(res)
-    print("\nrecommendation")
-    for line in lines:
+    modes = {"off": (False,), "on": (True,), "both": (False, True)}[args.template]
+    shown = {(cfg.agree_k, cfg.window_n)}
+    for template in modes:
+        res = Results(thresholds, sweep(devset_runs, thresholds, truth, template),
+                      sweep(demo_runs, thresholds, truth, template),
+                      {(k, n, t): under_loss(devset_runs, t, TrackingConfig(agree_k=k, window_n=n, template=template),
+                                             args.loss, args.loss_reps, args.seed)
+                       for k, n in rules() for t in (OPERATING,)})
+        print(f"\n==== {'with the track template' if template else 'K-of-N alone (template off)'}")
+        print_table(res, args.loss)
+        choice, lines = recommend(res)
+        print("\nrecommendation")
+        for line in lines:
+            print(f"  {line}")
+        shown |= {choice} if choice else set()
+        for k, n in sorted(shown):
+            for thr in (OPERATING, FLOOR):
+                ft = res.dev[k, n, thr].false_tracks + res.demo[k, n, thr].false_tracks
+                rules_fired = res.dev[k, n, thr].rules + res.demo[k, n, thr].rules
+                print(f"  certain false alerts at {k}/{n} @ {thr}: {'; '.join(ft) if ft else 'none'} (all alerts "
+                      f"by rule: {rules_fired[KOFN]} K-of-N, {rules_fired[TEMPLATE]} template)")
+    print(f"\ntrack template: same-person scores of the turned head (clip), before/after "
+          f"({cfg.agree_k} gated frames at least):")
+    for line in turned_head(seqs, cfg.agree_k):
         print(f"  {line}")
-    shown = sorted({(cfg.agree_k, cfg.window_n)} | ({choice} if choice else set()))
-    for k, n in shown:
-        for thr in (OPERATING, FLOOR):
-            ft = res.dev[k, n, thr].false_tracks + res.demo[k, n, thr].false_tracks
-            print(f"  certain false alerts at {k}/{n} @ {thr}: {'; '.join(ft) if ft else 'none'}")
+    print("\ntrack template: scores of unlisted passages against certain distractors (devset list), and the "
+          "listed person's against its own entry:")
+    for line in impostor_templates(devset_runs, rows, truth, cfg.agree_k, cfg.window_n):
+        print(f"  {line}")
     print("\ntrack continuity (what min_similarity must separate):")
     for line in continuity(seqs, rows, truth):
         print(f"  {line}")
     print("\ndemo replay (the demo's order as one stream, demo list):")
-    for line in demo_replay(seqs, rows, (FLOOR, OPERATING), shown):
-        print(line)
+    for template in modes:
+        for line in demo_replay(seqs, rows, (FLOOR, OPERATING), sorted(shown), template):
+            print(line)
     print(f"\n(wall time {time.perf_counter() - t0:.0f} s)")
     return 0
 

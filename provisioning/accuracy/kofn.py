@@ -78,10 +78,11 @@ def weight(s: Sighting, gate: QualityConfig) -> float:
 
 
 def template_scores(passage: Passage, entries: np.ndarray, min_frames: int,
-                    gate: QualityConfig | None = None) -> np.ndarray:
+                    gate: QualityConfig | None = None, guarded: bool = True) -> np.ndarray:
     """Per entry: max over the frames with at least `min_frames` gated frames fused so far of min(the running
     quality-weighted template's cosine, the best single frame so far): the highest threshold at which the
-    template rule fires (-inf where it never can)."""
+    template rule fires (-inf where it never can). `guarded` False leaves out the best-frame term: what the
+    template alone scores (to show what the node's guard removes)."""
     g = gate or QualityConfig()
     out = np.full(entries.shape[0], -np.inf)
     total = np.zeros(entries.shape[1], np.float64)
@@ -96,7 +97,8 @@ def template_scores(passage: Passage, entries: np.ndarray, min_frames: int,
         fused += 1
         norm = float(np.linalg.norm(total))
         if fused >= min_frames and norm > 0:
-            out = np.maximum(out, np.minimum(entries @ (total / norm), best))
+            fused_score = entries @ (total / norm)
+            out = np.maximum(out, np.minimum(fused_score, best) if guarded else fused_score)
     return out
 
 
