@@ -28,9 +28,15 @@ from the first frame the person is in view to the first correct alert. "Lost": e
 again with a share of its frames dropped at random (gap tolerance). The recommendation's criteria are in
 recommend(); docs/tracking.md discusses the result.
 
+The track template (edge.tracking: a track's gated faces fused by quality, matched beside K-of-N): the sweep
+runs with it off and on (`--template`); then the clip's turned head, same-person scores before (each frame)
+and after (its track's template so far), and every unlisted passage's scores against certain distractors:
+best single frame, K-of-N, the template alone and the template rule as the node runs it.
+
 usage: python3 bench/tracking_agreement.py [--hold 30] [--repeats 4] [--listed-repeats 6] [--seed 0]
-       (devset: tests/data/devset, or $EDGE_DEVSET; ~5 min on an idle 2-core x86_64 box, ~8 min
-       on a busy one)
+       [--template off|on|both] [--cache FILE]
+       (devset: tests/data/devset, or $EDGE_DEVSET; ~4 min of analysis, then ~7 min per template mode on a
+       busy 2-core x86_64 box: ~20 min for both)
 """
 
 from __future__ import annotations
