@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,3 +131,99 @@ def test_installed_commands_fail_in_one_line(release: Release) -> None:
         assert "Traceback" not in proc.stderr and proc.stdout == ""
         last = proc.stderr.splitlines()[-1]
         assert last.startswith(prefix) and str(path) in last, proc.stderr
+
+
+# The Debian package (scripts/build-deb), from the same wheel. Building it takes about a minute (gzip),
+# lintian another; the install / remove / purge run needs root and a private mount namespace (unshare) to
+# lay a throwaway overlay over this machine's root and install into that.
+needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="dpkg-deb is not installed")
+LIFECYCLE = r"""
+set -u
+work=$1 deb=$2
+m=$work/merged
+mkdir -p "$work/upper" "$work/ovwork" "$m"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/ovwork" "$m"
+mount -t proc proc "$m/proc"; mount --rbind /dev "$m/dev"; mount -t tmpfs tmpfs "$m/tmp"
+cp "$deb" "$m/root/edge-node.deb"
+exec chroot "$m" sh -c '
+ export HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin
+ dpkg -i /root/edge-node.deb >/dev/null 2>&1; echo "install=$?"
+ echo "user=$(getent passwd edge-node | cut -d: -f7)"
+ echo "etc=$(stat -c %U:%G:%a /etc/edge-node)"
+ echo "wants=$(ls /etc/systemd/system/multi-user.target.wants/edge-node.service \
+   /etc/systemd/system/timers.target.wants/edge-node-retention.timer 2>/dev/null | wc -l)"
+ /opt/edge-node/.venv/bin/edge-fleet models verify >/root/verify.out 2>&1; echo "verify=$?"
+ echo "verify_ok=$(grep -c ": ok$" /root/verify.out)"
+ cd /root && /opt/edge-node/.venv/bin/edge-node demo --demo-dir /root/demo 2>/dev/null >/root/events
+ echo "demo=$? events=$(wc -l </root/events)"
+ install -d -o edge-node -m 0700 /var/lib/edge-node; echo state >/var/lib/edge-node/keys
+ echo "[node]" >/etc/edge-node/node.toml
+ dpkg -r edge-node >/dev/null 2>&1; echo "remove=$?"
+ echo "after_remove_opt=$(ls -d /opt/edge-node 2>/dev/null | wc -l) state=$(cat /var/lib/edge-node/keys)"
+ echo "masked=$(readlink /etc/systemd/system/edge-node.service)"
+ dpkg -P edge-node >/dev/null 2>&1; echo "purge=$?"
+ echo "after_purge=$(ls -d /var/lib/edge-node /etc/edge-node /etc/systemd/system/edge-node.service 2>/dev/null | wc -l)"
+'
+"""
+
+
+@pytest.fixture(scope="module")
+def deb(release: Release, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deb")
+    proc = subprocess.run([str(ROOT / "scripts" / "build-deb"), "--wheel", str(release.wheel), "--out", str(out),
+                           "--compress", "gzip"], capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return Path(proc.stdout.strip())
+
+
+@needs_dpkg
+def test_deb_holds_venv_units_user_udev_models(deb: Path) -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout
+    assert deb.name == f"edge-node_{version}_{arch.strip()}.deb"
+    info = subprocess.run(["dpkg-deb", "-I", str(deb)], capture_output=True, text=True, check=True).stdout
+    assert "Package: edge-node" in info and f"Version: {version}" in info
+    assert all(f" {script} " in info for script in ("postinst", "prerm", "postrm"))
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    paths = {line.split()[5].removeprefix(".") for line in listing.splitlines()}
+    manifest = json.loads((ROOT / "models" / "MANIFEST.json").read_text())
+    wanted = {
+        "/opt/edge-node/.venv/bin/edge-node", "/opt/edge-node/.venv/bin/edge-fleet",
+        "/lib/systemd/system/edge-node.service", "/lib/systemd/system/edge-node-retention.service",
+        "/lib/systemd/system/edge-node-retention.timer", "/lib/systemd/system/edge-node-provision.service",
+        "/lib/systemd/system/edge-node.service.d/package-needs-config.conf",
+        "/usr/lib/sysusers.d/edge-node.conf", "/lib/udev/rules.d/99-edge-node.rules",
+        "/usr/share/doc/edge-node/copyright", "/usr/share/lintian/overrides/edge-node",
+        *(f"/opt/edge-node/.venv/{MODELS_DATA}/{m['file']}" for m in manifest["models"].values()),
+        *(f"/usr/share/edge-node/hw/{p.name}" for p in (ROOT / "hw").glob("*.toml")),
+    }
+    assert wanted - paths == set()
+    assert not any("__pycache__" in p for p in paths)  # compiled on the device by postinst
+
+
+@needs_dpkg
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian is not installed")
+def test_deb_is_lintian_clean(deb: Path) -> None:
+    """No error or warning; every override is used (an override that matches nothing is reported too)."""
+    proc = subprocess.run(["lintian", "--fail-on", "error,warning", "-I", str(deb)], capture_output=True, text=True,
+                          timeout=1200, check=False)
+    tags = [line for line in proc.stdout.splitlines() if line[:2] in ("E:", "W:") or "unused-override" in line]
+    assert proc.returncode == 0 and tags == [], proc.stdout + proc.stderr
+
+
+@needs_dpkg
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare")
+def test_deb_install_remove_purge(deb: Path, tmp_path: Path) -> None:
+    """Installed into a throwaway overlay of this root: the user, /etc/edge-node, the units enabled and nothing
+    started; the node runs from /opt; remove keeps the state and masks the unit; purge removes the state."""
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", LIFECYCLE, "lifecycle",
+                           str(tmp_path), str(deb)], capture_output=True, text=True, timeout=900, check=False)
+    got = dict(word.split("=", 1) for line in proc.stdout.splitlines() for word in line.split() if "=" in word)
+    models = len(json.loads((ROOT / "models" / "MANIFEST.json").read_text())["models"])
+    assert got == {
+        "install": "0", "user": "/usr/sbin/nologin", "etc": "root:edge-node:770", "wants": "2",
+        "verify": "0", "verify_ok": str(models), "demo": "0", "events": "2",
+        "remove": "0", "after_remove_opt": "0", "state": "state", "masked": "/dev/null",
+        "purge": "0", "after_purge": "0",
+    }, proc.stdout + proc.stderr
