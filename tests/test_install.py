@@ -80,12 +80,13 @@ def test_wheel_carries_schemas_demo_and_models(release: Release) -> None:
 
 
 def test_sdist_holds_what_a_rebuild_needs(release: Release) -> None:
-    """The wheel above was built from this sdist; beside it, what the models, the units and the docs need."""
+    """The wheel above was built from this sdist; beside it what the models, the units, the Debian package and
+    the docs need."""
     with tarfile.open(release.sdist) as tar:
         top = tar.getnames()[0].split("/")[0]
         names = {n.removeprefix(top + "/") for n in tar.getnames()}
-    needed = {"pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "scripts/bootstrap"}
-    for under in ("edge", "provisioning", "models", "systemd", "hw", "docs"):
+    needed = {"pyproject.toml", "MANIFEST.in", "LICENSE", "README.md", "scripts/bootstrap", "scripts/build-deb"}
+    for under in ("edge", "provisioning", "models", "systemd", "hw", "docs", "packaging"):
         needed |= {n for n in tree_files(under=under) if not n.startswith("models/.build/")}
     assert needed - names == set()
     assert not any(n.startswith("tests/") for n in names)
