@@ -65,7 +65,7 @@ from edge.vision.detect import iou
 from edge.vision.quality import Quality
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 from provisioning.accuracy.kofn import Passage, kofn_score, passage_scores, template_scores
-from provisioning.accuracy.observe import Sighting
+from provisioning.accuracy.observe import Sighting, fit_frame, jitter
 
 FPS = 15.0  # the node's replay rate, and the camera rate the latency target is stated at
 LATENCY_TARGET_S = 0.5
@@ -73,7 +73,6 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 OPERATING, FLOOR = 0.94, 0.93  # docs/vision.md
 MAX_K, MAX_N = 5, 8
 SCALES = (1.0, 0.6, 0.8)  # repeat r of a still is shown at SCALES[r % 3] of its 1280x720 fit
-FRAME_W, FRAME_H = 1280, 720
 LABEL_IOU = 0.3  # BlazeFace boxes sit lower than the annotations' (docs/vision.md, devset note)
 LISTED = "barack_obama"  # the one listed person who appears; entry ids here are devset identities
 DEMO_LIST = ("barack_obama", "eileen_collins")
@@ -118,31 +117,6 @@ class Sequence:
 # ---------------------------------------------------------------- capture: real frames, real analyser
 
 
-def fit(rgb: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, float]:
-    s = min(1.0, FRAME_W / rgb.shape[1], FRAME_H / rgb.shape[0]) * scale
-    if s == 1.0:
-        return rgb, 1.0
-    return cv2.resize(rgb, None, fx=s, fy=s, interpolation=cv2.INTER_AREA), s
-
-
-def perturb(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, float, float]:
-    """One camera frame of a held still: returns it and the scale/shift applied (s, tx, ty)."""
-    h, w = rgb.shape[:2]
-    s = rng.uniform(0.97, 1.03)
-    tx = (1 - s) * w / 2 + rng.uniform(-1.5, 1.5)
-    ty = (1 - s) * h / 2 + rng.uniform(-1.5, 1.5)
-    m = np.array([[s, 0, tx], [0, s, ty]], np.float64)
-    out = cv2.warpAffine(rgb, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    f = out.astype(np.float32) * rng.uniform(0.92, 1.08) + rng.uniform(-8, 8)
-    f += rng.standard_normal(f.shape, dtype=np.float32) * rng.uniform(1.0, 3.0)
-    out = np.clip(f, 0, 255).astype(np.uint8)
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 93))])
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
-    assert bgr is not None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), s, tx, ty
-
-
 def label_faces(boxes: np.ndarray, ann_boxes: np.ndarray, names: list[str]) -> list[str | None]:
     """Greedy one-to-one by IoU: each detection gets the identity of the annotation it overlaps most."""
     out: list[str | None] = [None] * len(boxes)
@@ -173,12 +147,12 @@ def observe(analyzer: FaceAnalyzer, rgb: np.ndarray, ann_boxes: np.ndarray, name
 def capture_still(analyzer: FaceAnalyzer, devset: Path, image: str, faces: list[dict[str, Any]], hold: int,
                   repeat: int, seed: int) -> Sequence:
     rng = np.random.default_rng([seed, repeat, sum(image.encode())])
-    base, s0 = fit(read_rgb(devset / image), SCALES[repeat % len(SCALES)])
+    base, s0 = fit_frame(read_rgb(devset / image), SCALES[repeat % len(SCALES)])
     ann = np.array([f["box"] for f in faces], np.float64).reshape(-1, 4) * s0
     names = [f["identity"] for f in faces]
     frames = []
     for _ in range(hold):
-        frame, s, tx, ty = perturb(base, rng)
+        frame, s, tx, ty = jitter(base, rng)
         frames.append(observe(analyzer, frame, ann * s + np.array([tx, ty, tx, ty]), names))
     return Sequence(f"{Path(image).name}#{repeat}", image, base.shape, frames, {n: 0 for n in names})
 
