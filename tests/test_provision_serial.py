@@ -965,16 +965,16 @@ def test_the_unit_runs_a_valid_agent_command_only_while_unprovisioned_or_with_a_
 # --- the frame decoder under fuzzing -------------------------------------------------------------------
 
 def test_fuzz_the_frame_decoder() -> None:
-    """1,000,000 coverage-guided executions of the frame decoder, 0 crashes (about 3-4 min on 2 cores; the
-    deeper -max_len=4096 run is a bench command: docs/serial-protocol.md). Without atheris (not an x86_64
-    Linux machine), 1,000,000 seeded random inputs instead."""
+    """250,000 coverage-guided executions of the frame decoder, 0 crashes (about 1 min on 2 cores; the
+    decoder's coverage is reached long before). The 1,000,000-execution runs are bench commands
+    (docs/serial-protocol.md). Without atheris (not an x86_64 Linux machine), 250,000 seeded random inputs."""
     harness = REPO / "bench" / "fuzz" / "fuzz_frame.py"
     try:
         import atheris  # noqa: F401
-        args = ["-atheris_runs=1000000", "-max_len=512", "-seed=1"]
+        args = ["-atheris_runs=250000", "-max_len=512", "-seed=1"]
     except ImportError:
-        args = ["--random", "1000000"]
+        args = ["--random", "250000"]
     r = subprocess.run([sys.executable, str(harness), *args], capture_output=True, text=True, timeout=1200,
                        check=False, cwd=REPO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "Done 1000000 in" in r.stderr or ("1000000 random inputs, 0 crashes" in r.stdout)
+    assert "Done 250000 in" in r.stderr or ("250000 random inputs, 0 crashes" in r.stdout)
