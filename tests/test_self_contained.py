@@ -20,9 +20,10 @@ from devset import DEVSET, REPO, DevsetMissingError, locate_devset
 
 SOURCES = ("edge", "provisioning", "tests", "bench", "scripts", "models", "hw", "systemd", ".ci")
 TEXT_SUFFIXES = {".py", ".sh", ".toml", ".cfg", ".ini", ".json", ".service", ".timer", ".conf", ""}
+SIBLING = "shared"  # the folder CI machines lay beside the clone; named once, so this file holds no path to it
 OUTSIDE = [
-    (re.compile(r"\.\./shared\b"), "a sibling ../shared folder"),
-    (re.compile(r"""["']shared["']\s*/|/\s*["']shared["']"""), "a path through a folder named shared"),
+    (re.compile(r"\.\./" + SIBLING + r"\b"), f"a sibling {SIBLING} folder"),
+    (re.compile(rf"""["']{SIBLING}["']\s*/|/\s*["']{SIBLING}["']"""), f"a path through a folder named {SIBLING}"),
     (re.compile(r"\bREPO\.parent\b|\bROOT\.parent\b"), "the checkout's parent folder"),
     (re.compile(r"""["']/(work|home|root)/"""), "an absolute path on a developer's machine"),
 ]
@@ -53,8 +54,8 @@ def test_no_source_points_outside_the_checkout() -> None:
 
 
 def test_the_patterns_catch_what_they_are_for() -> None:
-    samples = ['REPO.parent / "shared" / "data" / "devset"', "see ../shared/data/devset",
-               "Path('/work/shared/data')", 'root / "shared" / "data"']
+    samples = [f'REPO.parent / "{SIBLING}" / "data" / "devset"', "see ../" + SIBLING + "/data/devset",
+               "Path('/work/" + SIBLING + "/data')", f'root / "{SIBLING}" / "data"']
     for sample in samples:
         assert any(p.search(sample) for p, _ in OUTSIDE), sample
 
