@@ -61,11 +61,11 @@ from edge.config import TrackingConfig
 from edge.pipeline import MIN_MARGIN
 from edge.tracking import KOFN, TEMPLATE, FaceObservation, Tracker, template_weight
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig, read_rgb
-from edge.vision.detect import iou
 from edge.vision.quality import Quality
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 from provisioning.accuracy.kofn import Passage, kofn_score, passage_scores, template_scores
 from provisioning.accuracy.observe import Sighting, fit_frame, jitter
+from provisioning.accuracy.observe import label as label_boxes
 
 FPS = 15.0  # the node's replay rate, and the camera rate the latency target is stated at
 LATENCY_TARGET_S = 0.5
@@ -73,7 +73,6 @@ THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 OPERATING, FLOOR = 0.94, 0.93  # docs/vision.md
 MAX_K, MAX_N = 5, 8
 SCALES = (1.0, 0.6, 0.8)  # repeat r of a still is shown at SCALES[r % 3] of its 1280x720 fit
-LABEL_IOU = 0.3  # BlazeFace boxes sit lower than the annotations' (docs/vision.md, devset note)
 LISTED = "barack_obama"  # the one listed person who appears; entry ids here are devset identities
 DEMO_LIST = ("barack_obama", "eileen_collins")
 ENROL_PHOTOS = {"barack_obama": "images/face_recognition/obama.jpg", "eileen_collins": "images/skimage/astronaut.png"}
@@ -118,19 +117,8 @@ class Sequence:
 
 
 def label_faces(boxes: np.ndarray, ann_boxes: np.ndarray, names: list[str]) -> list[str | None]:
-    """Greedy one-to-one by IoU: each detection gets the identity of the annotation it overlaps most."""
-    out: list[str | None] = [None] * len(boxes)
-    if len(boxes) == 0 or len(ann_boxes) == 0:
-        return out
-    m = np.stack([iou(b, ann_boxes) for b in boxes])
-    while m.size:
-        i, j = np.unravel_index(np.argmax(m), m.shape)
-        if m[i, j] < LABEL_IOU:
-            break
-        out[i] = names[j]
-        m[i, :] = -1
-        m[:, j] = -1
-    return out
+    """Each detection's identity: the harness's one-to-one labelling by IoU, as names."""
+    return [None if j is None else names[j] for j in label_boxes(boxes, ann_boxes)]
 
 
 def observe(analyzer: FaceAnalyzer, rgb: np.ndarray, ann_boxes: np.ndarray, names: list[str]) -> list[Obs]:
