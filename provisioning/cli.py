@@ -149,15 +149,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     wl = load_watchlist(fleet, args.watchlist)
     analyzer = FaceAnalyzer(VisionConfig(models_dir=args.models_dir, embedder_id=wl.model_id))
     model = analyzer.embedder_spec
-    if model.sha256 != wl.model_sha256:
-        raise FleetError(f"watch list {wl.name!r} was built with another build of {wl.model_id}: rebuild it")
-    rehearsal = Rehearsal(analyzer, [Path(p) for p in args.footage], args.every,
-                          lambda msg: print(f"calibrate: {msg}", file=sys.stderr, flush=True))
+    rehearsal: Rehearsal | None = None
     try:
+        wl.check_model(model.id, model.sha256)
+        rehearsal = Rehearsal(analyzer, [Path(p) for p in args.footage], args.every,
+                              lambda msg: print(f"calibrate: {msg}", file=sys.stderr, flush=True))
         gallery = Gallery(wl.embeddings, [str(e["id"]) for e in wl.entries])
         proposal = calibrate(rehearsal, gallery, model, args.list_size or gallery.size, target, TrackingConfig())
     finally:
-        rehearsal.wipe()
+        if rehearsal is not None:
+            rehearsal.wipe()
         analyzer.release()
     text = proposal_text(proposal)
     if args.report:
@@ -165,6 +166,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(text, end="")
     print(f"calibration kept in {save_record(fleet, proposal.record)}", file=sys.stderr)
     return 0 if proposal.threshold is not None else 1
+
+
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1 (a count of entries or frames)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not at least 1")
+    return n
 
 
 def _ca(args: argparse.Namespace) -> FleetCA:
@@ -456,10 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--watchlist", required=True, help="the built watch list (edge-fleet watchlist build)")
     cal.add_argument("--footage", required=True, nargs="+", metavar="FILE",
                      help="clips or photos of people who are on no list, from the deployment's cameras")
-    cal.add_argument("--list-size", type=int, help="entries the deployment will hold (default: the watch list's)")
+    cal.add_argument("--list-size", type=at_least_one,
+                     help="entries the deployment will hold (default: the watch list's)")
     cal.add_argument("--target", type=float,
                      help=f"false alerts per 1,000 passers-by (default: fleet.json {POLICY_KEY})")
-    cal.add_argument("--every", type=int, default=1, help="analyse every k-th frame (default 1)")
+    cal.add_argument("--every", type=at_least_one, default=1, help="analyse every k-th frame (default 1)")
     cal.add_argument("--report", metavar="FILE.md", help="also write the report here")
     cal.add_argument("--models-dir", type=Path, help="directory holding MANIFEST.json (default: bundled)")
     fleet_arg(cal)

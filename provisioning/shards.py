@@ -106,9 +106,7 @@ def issue_shard(fleet: Fleet, deployment_path: Path, device_ids: Sequence[str], 
     """Build, sign and write a shard for the listed devices; refuses anything a node would refuse."""
     dep = load_deployment(deployment_path)
     wl = load_watchlist(fleet, dep.watchlist)
-    if (wl.model_id, wl.model_sha256) != (model.id, model.sha256):
-        raise FleetError(f"watch list {wl.name!r} was built with {wl.model_id}; the fleet's model is "
-                         f"{model.id}: rebuild it")
+    wl.check_model(model.id, model.sha256)
     floor = float(fleet.meta().get("threshold_floor") or model.threshold_floor or 0.0)
     if dep.deployment.threshold < floor:
         raise FleetError(f"{deployment_path}: [deployment] threshold = {dep.deployment.threshold} is below "

@@ -58,6 +58,14 @@ class WatchList:
     entries: list[dict[str, Any]]
     embeddings: np.ndarray
 
+    def check_model(self, model_id: str, model_sha256: str) -> None:
+        """FleetError unless this list was built with exactly that model (id and file)."""
+        if (self.model_id, self.model_sha256) != (model_id, model_sha256):
+            build = (f" (another build of it: sha256 {self.model_sha256[:16]}, not {model_sha256[:16]})"
+                     if self.model_id == model_id else "")
+            raise FleetError(f"watch list {self.name!r} was built with {self.model_id}; the fleet's model is "
+                             f"{model_id}{build}: rebuild it (edge-fleet watchlist build --embedder {model_id})")
+
 
 def watchlist_dir(fleet: Fleet, name: str) -> Path:
     if not NAME.match(name):
