@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge.alerts import AuditedSink, HoldingSink, PrintSink, recover_held_alerts
+from edge.alerts import MAX_IDS_RECORDED, AuditedSink, HoldingSink, PrintSink, recover_held_alerts
 from edge.audit import AuditEntry, AuditLog
 from edge.capture import CameraSupervisor, open_source
 from edge.config import MqttConfig, NodeConfig
@@ -214,7 +214,7 @@ class Node:
         if orphans:
             self._audit("recovered", {"reason": "evidence with no alert record (the node stopped between storing "
                                                 "it and recording the alert) was deleted",
-                                      "event_ids": orphans[:20], "count": len(orphans)})
+                                      "event_ids": orphans[:MAX_IDS_RECORDED], "count": len(orphans)})
 
     def _purge_command(self, cmd: Command) -> dict[str, Any]:
         """purge (signed by the fleet): destroy a deployment's evidence now, or that of days before a time."""

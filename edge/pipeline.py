@@ -341,9 +341,10 @@ class Pipeline:
                     queries[i] = f.embedding
                 results = matcher.match(queries)
                 gate = self.analyzer.config.quality
+                weigh = self.tracker.config.template  # the weight feeds only the track template
                 observations = [FaceObservation(f.detection.box, queries[i], r.entry_id,
                                                 r.score if r.entry_id is not None else 0.0,
-                                                template_weight(f.quality, gate))
+                                                template_weight(f.quality, gate) if weigh else 1.0)
                                 for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
                 del results  # the non-matches' scores go with it
             discarded = sum(1 for o in observations if o.entry_id is None)
