@@ -28,11 +28,12 @@ from provisioning.accuracy.stats import TailFitError
 from provisioning.broker import BrokerConfig
 from provisioning.ca import FleetCA
 from provisioning.commands import sign_command
-from provisioning.console import NOT_QUEUED, REFUSED_BY_BROKER, EventTail, FleetClient, publish_commands, run_tail
 from provisioning.fleet import Fleet, FleetError, passphrase
+from provisioning.link import NOT_QUEUED, REFUSED_BY_BROKER, FleetClient, publish_commands
 from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
 from provisioning.reports import AuditSource, deployment_report
 from provisioning.shards import issue_shard
+from provisioning.tail import EventTail, run_tail
 from provisioning.watchlist import build_watchlist, load_watchlist
 
 # edge-node's failure families (the fleet runs the same code) and the fleet's own, each printed as its one line.

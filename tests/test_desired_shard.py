@@ -36,8 +36,8 @@ from edge.vision.analyzer import VisionConfig
 from edge.vision.detect import DetectorConfig, TilePlan
 from edge.watchlist.store import ShardStore
 from provisioning.commands import sign_command
-from provisioning.console import FleetClient, publish_commands
 from provisioning.fleet import Fleet
+from provisioning.link import FleetClient, publish_commands
 from provisioning.operators import fleet_settings
 
 FAST = VisionConfig(detector=DetectorConfig(tiles=TilePlan()))
