@@ -228,3 +228,17 @@ def test_deb_install_remove_purge(deb: Path, tmp_path: Path) -> None:
         "remove": "0", "after_remove_opt": "0", "state": "state", "masked": "/dev/null",
         "purge": "0", "after_purge": "0",
     }, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--out"], "--out needs a value"),
+    (["--wheel", "/nonexistent/edge.whl"], "--wheel /nonexistent/edge.whl: no such file"),
+    (["--compress", "zstd"], "--compress zstd: expected xz, gzip or none"),
+    (["--bogus"], "unknown argument --bogus"),
+])
+def test_build_deb_refuses_bad_arguments_in_one_line(args: list[str], says: str) -> None:
+    """A wrong option is a one-line usage error before anything is built (not bash's `unbound variable`)."""
+    proc = subprocess.run([str(ROOT / "scripts" / "build-deb"), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"build-deb: {proc.stderr.split('build-deb: ', 1)[1].strip()}"]
+    assert says in proc.stderr
