@@ -39,7 +39,9 @@ MIN_AUDIT_RETENTION_DAYS = 183
 KINDS = frozenset({
     "node-start", "node-stop", "deployment-start", "deployment-end", "shard-accepted", "shard-rejected",
     "threshold", "alert", "review", "purge", "config", "provisioning", "command", "recovered", "effectiveness",
-    "pruned"})
+    "pruned"})  # the node's log
+# What AuditLog writes itself (a torn tail cut off, old records pruned): allowed in every log, whatever its kinds.
+HOUSEKEEPING_KINDS = frozenset({"recovered", "pruned"})
 MAX_DATA_CHARS = 2000  # a line is a record, not a container: nothing bulky (an image) fits
 FORBIDDEN_KEYS = frozenset({"embedding", "crop", "image", "frame", "evidence", "pixels", "face"})
 
@@ -70,9 +72,9 @@ def _digest(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
 
-def _check_data(kind: str, data: Mapping[str, Any]) -> None:
-    if kind not in KINDS:
-        raise AuditRecordError(f"audit kind {kind!r} is not one of {', '.join(sorted(KINDS))}")
+def _check_data(kind: str, data: Mapping[str, Any], kinds: frozenset[str] = KINDS) -> None:
+    if kind not in kinds and kind not in HOUSEKEEPING_KINDS:
+        raise AuditRecordError(f"audit kind {kind!r} is not one of {', '.join(sorted(kinds | HOUSEKEEPING_KINDS))}")
 
     def walk(v: object, path: str) -> None:
         if isinstance(v, dict):
@@ -110,11 +112,13 @@ def parse_line(raw: bytes, where: str) -> AuditEntry:
 class AuditLog:
     """One node's log file. Appends are durable (fsync) before `append` returns. Threads share one instance;
     processes (the node and the retention timer's `edge-node purge`) take turns with an exclusive lock and
-    pick up each other's records before appending, so the chain never forks."""
+    pick up each other's records before appending, so the chain never forks. `kinds`: the record kinds this
+    log takes (the node's by default; the officer's console keeps a log of its own kinds)."""
 
-    def __init__(self, path: Path, clock: Callable[[], datetime]):
+    def __init__(self, path: Path, clock: Callable[[], datetime], kinds: frozenset[str] = KINDS):
         self.path = path
         self.clock = clock
+        self.kinds = kinds
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._seq, self._head, self._size, self._ino = 0, GENESIS, 0, -1
@@ -141,7 +145,7 @@ class AuditLog:
             size = os.fstat(fd).st_size
             raw = os.pread(fd, size, 0)
             end = raw.rfind(b"\n") + 1
-            for entry in verify_chain(raw[:end], str(self.path)):
+            for entry in verify_chain(raw[:end], str(self.path), self.kinds):
                 self._seq, self._head = entry.seq, entry.digest
             self._size, self._ino = end, os.fstat(fd).st_ino
             if end < size:
@@ -158,7 +162,7 @@ class AuditLog:
             return self._seq, self._head
 
     def append(self, kind: str, data: Mapping[str, Any]) -> AuditEntry:
-        _check_data(kind, data)
+        _check_data(kind, data, self.kinds)
         with self._lock:
             try:
                 fd = self._open_locked()
@@ -203,7 +207,7 @@ class AuditLog:
         if end < len(raw):
             os.ftruncate(fd, end)
         self._seq, self._head = 0, GENESIS
-        for entry in verify_chain(raw[:end], str(self.path)):
+        for entry in verify_chain(raw[:end], str(self.path), self.kinds):
             self._seq, self._head = entry.seq, entry.digest
         self._size, self._ino = end, os.fstat(fd).st_ino
 
@@ -237,7 +241,7 @@ class AuditLog:
             try:
                 raw = os.pread(fd, os.fstat(fd).st_size, 0)
                 old: list[AuditEntry] = []
-                for e in verify_chain(raw, str(self.path)):  # the leading run of old records
+                for e in verify_chain(raw, str(self.path), self.kinds):  # the leading run of old records
                     if e.ts >= before:
                         break
                     old.append(e)
@@ -265,7 +269,7 @@ class AuditLog:
         """Every record, chain checked (for rebuilding counts at start)."""
         with self._lock:
             raw = self.path.read_bytes() if self.path.exists() else b""
-        return verify_chain(raw, str(self.path))
+        return verify_chain(raw, str(self.path), self.kinds)
 
     def checkpoint(self, device_id: str, key: Ed25519PrivateKey) -> bytes:
         """A signed statement of the log's length and head, for the audit topic (and a local copy)."""
@@ -278,7 +282,7 @@ class AuditLog:
         return signed
 
 
-def verify_chain(raw: bytes, name: str) -> Iterator[AuditEntry]:
+def verify_chain(raw: bytes, name: str, kinds: frozenset[str] = KINDS) -> Iterator[AuditEntry]:
     """Every record in order, each checked against the one before: seq +1, prev = sha256(previous line).
 
     A log whose old records were pruned starts later: its first record must chain to exactly what a
@@ -304,7 +308,7 @@ def verify_chain(raw: bytes, name: str) -> Iterator[AuditEntry]:
         if entry.prev != prev:
             raise AuditTamperError(f"{where}: does not chain to the record before it (that record was changed, "
                                    "or records were reordered)")
-        _check_data(entry.kind, entry.data)
+        _check_data(entry.kind, entry.data, kinds)
         prev, seq = entry.digest, entry.seq
         yield entry
 
@@ -317,14 +321,15 @@ class Verified:
 
 
 def verify_log(raw: bytes, name: str, device_key: Ed25519PublicKey | None = None,
-               checkpoints: Sequence[bytes] = ()) -> Verified:
+               checkpoints: Sequence[bytes] = (), kinds: frozenset[str] = KINDS) -> Verified:
     """The whole file: chain intact, and consistent with every signed checkpoint (no truncation: the log is
-    at least as long as the latest checkpoint and holds the checkpointed head at that seq)."""
+    at least as long as the latest checkpoint and holds the checkpointed head at that seq). `kinds`: those of
+    the log's owner (the node's by default)."""
     if raw and not raw.endswith(b"\n"):
         raise AuditTamperError(f"{name}: the last record is incomplete")
     digests: dict[int, str] = {}
     last = Verified(0, GENESIS, None)
-    for entry in verify_chain(raw, name):
+    for entry in verify_chain(raw, name, kinds):
         digests[entry.seq] = entry.digest
         last = Verified(entry.seq, entry.digest, None)
     best: int | None = None
