@@ -19,7 +19,7 @@ from edge.config import TrackingConfig
 from edge.tracking import FaceObservation, Tracker
 from edge.vision.analyzer import FaceAnalyzer
 from edge.vision.manifest import load_manifest
-from provisioning.accuracy.calibration import CalibrationRecord, save_record
+from provisioning.accuracy.calibration import CalibrationRecord, RehearsalFace, passers_by, save_record
 from provisioning.accuracy.dataset import DatasetError, LabelledFace, LabelledSet, load_labelled_set
 from provisioning.accuracy.harness import DET_THRESHOLDS, Harness, HarnessOptions
 from provisioning.accuracy.kofn import kofn_score
@@ -302,3 +302,21 @@ def _deploy(tmp_path: Path, threshold: str) -> Path:
     path = tmp_path / f"deploy-{threshold}.toml"
     path.write_text(text.replace("threshold = 0.94", f"threshold = {threshold}"))
     return path
+
+
+def _face(frame: int, x: float) -> RehearsalFace:
+    return RehearsalFace(frame, np.array([x, 10, x + 40, 50], np.float32), np.zeros(4, np.float32))
+
+
+def test_calibration_bootstraps_passers_by_not_frames() -> None:
+    """Two people walking side by side for 5 frames are 2 clusters; a 1-frame miss keeps the person, a 4-frame
+    gap or a new file starts a new one; a box that jumps across the view is someone else."""
+    faces = [f for t in range(5) for f in (_face(t, 100 + 3 * t), _face(t, 300 - 3 * t))]
+    faces += [_face(6, 115)]  # frame 5 missed: the first person continues
+    faces += [_face(11, 118)]  # 4 analysed frames without anyone: a new person
+    faces += [_face(12, 500)]  # no overlap with frame 11's face: another new person
+    faces += [_face(13, 501)]  # frame 13 starts a new file: a new person even though the box overlaps
+    ids = passers_by(faces, breaks=[0, 13])
+    assert ids[:10].tolist() == [0, 1] * 5
+    assert ids[10] == 0
+    assert ids[11:].tolist() == [2, 3, 4]

@@ -27,6 +27,7 @@ from edge.fsutil import write_atomic
 from edge.pipeline import MIN_MARGIN
 from edge.tracking import FaceObservation, Tracker
 from edge.vision.analyzer import FaceAnalyzer, read_rgb
+from edge.vision.detect import iou
 from edge.vision.manifest import ModelSpec
 from edge.watchlist.gallery import Gallery, Matcher, MatchPolicy
 from provisioning.accuracy.kofn import FPS
@@ -36,6 +37,8 @@ from provisioning.fleet import Fleet, FleetError
 
 POLICY_KEY = "max_false_alerts_per_1000"  # in fleet.json: false alerts per 1,000 passers-by a deployment may predict
 GRID_STEP = 0.001
+LINK_IOU = 0.3  # a face in the next analysed frame overlapping this much is the same passer-by
+MAX_GAP = 2  # analysed frames a passer-by may go undetected and still continue
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -141,6 +144,38 @@ class RehearsalFace:
     embedding: np.ndarray
 
 
+def passers_by(faces: Sequence[RehearsalFace], breaks: Sequence[int]) -> np.ndarray:
+    """A passer-by index per face, for a bootstrap over people rather than frames. A face continues the person
+    of a face in the last analysed frame with faces (at most MAX_GAP frames back, same file) whose box it overlaps
+    by LINK_IOU or more (greedy, best overlap first); otherwise it starts a new person. `faces` in frame order."""
+    ids = np.empty(len(faces), np.int64)
+    prev: list[tuple[int, np.ndarray]] = []  # (person, box) in the last frame that had faces
+    last_frame, people, i = -(MAX_GAP + 2), 0, 0
+    while i < len(faces):
+        frame = faces[i].frame
+        j = i
+        while j < len(faces) and faces[j].frame == frame:
+            j += 1
+        if frame - last_frame > MAX_GAP + 1 or any(last_frame < b <= frame for b in breaks):
+            prev = []  # too long a gap, or a new file: nobody continues
+        pairs = sorted(((float(iou(faces[k].box, box[None, :])[0]), k, n)
+                        for k in range(i, j) for n, (_p, box) in enumerate(prev)), reverse=True)
+        taken: set[int] = set()
+        used: set[int] = set()
+        for overlap, k, n in pairs:
+            if overlap >= LINK_IOU and k not in taken and n not in used:
+                ids[k] = prev[n][0]
+                taken.add(k)
+                used.add(n)
+        for k in range(i, j):
+            if k not in taken:
+                ids[k] = people
+                people += 1
+        prev = [(int(ids[k]), faces[k].box) for k in range(i, j)]
+        last_frame, i = frame, j
+    return ids
+
+
 class Rehearsal:
     """Faces of unlisted people in rehearsal footage, through the node's own analyser (kept in memory only)."""
 
@@ -164,6 +199,10 @@ class Rehearsal:
                 progress(f"{path}: {len(self.faces)} faces so far")
         if not self.faces:
             raise CalibrationError("the rehearsal footage holds no face that passes the quality gate")
+
+    def passers_by(self) -> np.ndarray:
+        """A passer-by index per face (see `passers_by`)."""
+        return passers_by(self.faces, self.breaks)
 
     def wipe(self) -> None:
         for f in self.faces:
@@ -236,7 +275,10 @@ def calibrate(rehearsal: Rehearsal, gallery: Gallery, model: ModelSpec, list_siz
     emb = np.stack([f.embedding for f in rehearsal.faces]).astype(np.float64)
     scores = (emb @ gallery.matrix.T.astype(np.float64)).ravel()
     faces, entries = emb.shape[0], gallery.size
-    owners = np.stack([np.repeat(np.arange(faces), entries), np.tile(np.arange(entries) + faces, faces)], axis=1)
+    # the bootstrap resamples passers-by, not faces: the frames of one person are not independent draws
+    people = rehearsal.passers_by()
+    walkers = int(people.max()) + 1
+    owners = np.stack([np.repeat(people, entries), np.tile(np.arange(entries) + walkers, faces)], axis=1)
     tail = TailBootstrap(scores, owners, bootstrap, seed)
     floor = model.threshold_floor or 0.0
     grid = tuple(float(t) for t in np.round(np.arange(min(floor, tail.model.u), 1.0, GRID_STEP), 3))
