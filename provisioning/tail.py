@@ -1,9 +1,12 @@
-"""`events tail`: the one definition of how the fleet checks a match event before anyone sees it.
+"""`events tail` and the officer's console: the one definition of how the fleet checks a match event before
+anyone sees it.
 
-EventTail checks each match event as the operator console must before an officer sees it: the device is
+EventTail.check checks each match event as the operator console must before an officer sees it: the device is
 registered and active, the signature verifies with that device's key, the event names the device whose
 topic it came on (the broker's ACL bound that topic to the device's certificate), the schema is exact,
-it has not expired; then it opens the sealed crop with the operator's key and drops duplicates by id.
+it has not expired; then it opens the sealed crops with the operator's key and drops duplicates by id. It
+returns a value (VerifiedEvent or RejectedEvent): `events tail` prints it as a JSON line (`handle`), the
+console stores it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.events.evidence import EvidenceError, open_evidence
 from edge.events.messages import (
     MATCH_EVENT,
+    MatchEvent,
     MessageError,
+    SealedEvidence,
     open_match_event,
     peek_message,
 )
@@ -56,9 +61,38 @@ class TailCounts:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Crop:
+    """One evidence part of a verified event: the opened bytes, or why they are not at hand."""
+
+    part: str  # "face" | "context"
+    media_type: str
+    data: bytes | None  # None: not opened
+    reason: str | None  # why it did not open; None with no data: no operator key given (still sealed)
+
+
+@dataclass(frozen=True)
+class VerifiedEvent:
+    """An event that passed every check, with its crops opened (or the reason they are not)."""
+
+    event: MatchEvent
+    face: Crop | None  # None: the event carries no face crop
+    context: Crop | None
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    """A message that failed a check: the error's class, its reason, and the id it claimed (unverified)."""
+
+    flag: str
+    reason: str
+    topic: str
+    claimed_event_id: str | None
+
+
 @dataclass
 class EventTail:
-    """Turns raw MQTT messages into JSON lines: verified events, or flags for what failed."""
+    """The checks of a match event (`check`), and `events tail`'s JSON line for each (`handle`)."""
 
     fleet: Fleet
     operator: X25519PrivateKey | None
@@ -77,8 +111,10 @@ class EventTail:
             raise UnknownDeviceError(f"device {device_id!r} is not a registered device of this fleet "
                                      f"({type(exc).__name__})") from None
 
-    def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
-        """One message in; the line to print (None for a duplicate)."""
+    def check(self, topic: str, payload: bytes) -> VerifiedEvent | RejectedEvent | None:
+        """One message in: the verified event with its crops opened, the rejection, or None for a duplicate.
+        The checks, in order: a match topic, a registered and active device, the signature by that device's
+        key, the event names that device, the schema, unexpired; then the crops open with the operator key."""
         self.counts.received += 1
         claimed: str | None = None
         try:
@@ -92,8 +128,7 @@ class EventTail:
             event = open_match_event(payload, self._device_key(device), device, self.clock())
         except (MessageError, TopicError) as exc:
             self.counts.rejected += 1
-            return {"verified": False, "flag": type(exc).__name__, "reason": str(exc), "topic": topic,
-                    "claimed_event_id": claimed if isinstance(claimed, str) else None}
+            return RejectedEvent(type(exc).__name__, str(exc), topic, claimed if isinstance(claimed, str) else None)
         key = f"{event.device_id}/{event.event_id}"
         if key in self._seen:
             self.counts.duplicates += 1
@@ -101,32 +136,52 @@ class EventTail:
         self._seen[key] = None
         if len(self._seen) > DEDUP_MEMORY:
             self._seen.popitem(last=False)
+        self.counts.printed += 1
+        return VerifiedEvent(event, self._open(event.evidence, event, "face"),
+                             self._open(event.context, event, "context"))
+
+    def _open(self, sealed: SealedEvidence | None, event: MatchEvent, part: str) -> Crop | None:
+        if sealed is None:
+            return None
+        if self.operator is None:
+            return Crop(part, sealed.media_type, None, None)
+        try:
+            crop = open_evidence(sealed, self.operator, event.device_id, event.event_id, part)
+        except EvidenceError as exc:
+            return Crop(part, sealed.media_type, None, str(exc))
+        return Crop(part, sealed.media_type, crop, None)
+
+    def handle(self, topic: str, payload: bytes) -> dict[str, Any] | None:
+        """One message in; the line to print (None for a duplicate)."""
+        checked = self.check(topic, payload)
+        if checked is None:
+            return None
+        if isinstance(checked, RejectedEvent):
+            return {"verified": False, "flag": checked.flag, "reason": checked.reason, "topic": checked.topic,
+                    "claimed_event_id": checked.claimed_event_id}
+        event = checked.event
         line: dict[str, Any] = {"verified": True, **event.to_body()}
         line.pop("type")
         line.pop("schema")
-        line["evidence"] = self._evidence(event.evidence, event.device_id, event.event_id) if event.evidence else None
-        line["context"] = (self._evidence(event.context, event.device_id, event.event_id, "context")
-                           if event.context else None)
-        self.counts.printed += 1
+        line["evidence"] = self._evidence(checked.face, event) if checked.face else None
+        line["context"] = self._evidence(checked.context, event) if checked.context else None
         return line
 
-    def _evidence(self, sealed: Any, device_id: str, event_id: str, part: str = "face") -> dict[str, Any]:
-        if self.operator is None:
-            return {"sealed": True, "media_type": sealed.media_type}
-        try:
-            crop = open_evidence(sealed, self.operator, device_id, event_id, part)
-        except EvidenceError as exc:
-            return {"opened": False, "reason": str(exc)}
-        out: dict[str, Any] = {"opened": True, "media_type": sealed.media_type, "bytes": len(crop),
-                               "sha256": hashlib.sha256(crop).hexdigest()}
+    def _evidence(self, crop: Crop, event: MatchEvent) -> dict[str, Any]:
+        if crop.data is None:
+            if crop.reason is None:
+                return {"sealed": True, "media_type": crop.media_type}
+            return {"opened": False, "reason": crop.reason}
+        out: dict[str, Any] = {"opened": True, "media_type": crop.media_type, "bytes": len(crop.data),
+                               "sha256": hashlib.sha256(crop.data).hexdigest()}
         if self.evidence_dir is not None:
-            ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(sealed.media_type, ".bin")
-            suffix = "" if part == "face" else f"-{part}"
-            path = self.evidence_dir / f"{device_id}-{event_id}{suffix}{ext}"
+            ext = {"image/jpeg": ".jpg", "image/png": ".png"}.get(crop.media_type, ".bin")
+            suffix = "" if crop.part == "face" else f"-{crop.part}"
+            path = self.evidence_dir / f"{event.device_id}-{event.event_id}{suffix}{ext}"
             self.evidence_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(crop)
+                f.write(crop.data)
             out["file"] = str(path)
         return out
 

@@ -1,8 +1,9 @@
 """Building a watch list from reference photos, with provenance for every entry (GOVERNANCE G4).
 
-The fleet keeps names, photos and provenance (entries.json); devices only ever receive embeddings and
-opaque entry ids. Photos are detected, quality-checked and embedded with the node's own models, so the
-embeddings match what the node computes at the event.
+The fleet keeps names, photos and provenance (entries.json, and a copy of each reference photo in
+photos/<entry id>-<n><ext> for the officer's console); devices only ever receive embeddings and opaque entry
+ids. Photos are detected, quality-checked and embedded with the node's own models, so the embeddings match
+what the node computes at the event.
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class WatchList:
                              f"{model_id}{build}: rebuild it (edge-fleet watchlist build --embedder {model_id})")
 
 
+def photo_path(list_dir: Path, entry_id: str, index: int, original: str) -> Path:
+    """Where a built list keeps its copy of an entry's reference photo (`index` counts from 0)."""
+    return list_dir / "photos" / f"{entry_id}-{index}{Path(original).suffix.lower()}"
+
+
 def watchlist_dir(fleet: Fleet, name: str) -> Path:
     if not NAME.match(name):
         raise FleetError(f"watch-list name {name!r}: 1-64 of letters, digits, '.', '_', '-'")
@@ -120,14 +126,19 @@ def build_watchlist(fleet: Fleet, name: str, photos_dir: Path, meta_csv: Path, a
             continue
         assert vector is not None
         report.photos += len(photos)
-        entries.append({"id": previous.get(row["reference"]) or f"wl-{secrets.token_hex(6)}",
-                        "reference": row["reference"], "name": row["name"], "photos": photos,
+        entry_id = previous.get(row["reference"]) or f"wl-{secrets.token_hex(6)}"
+        for n, photo in enumerate(photos):  # the console shows them beside the camera's crop
+            write_atomic(photo_path(out_dir, entry_id, n, photo), (photos_dir / photo).read_bytes(), 0o600)
+        entries.append({"id": entry_id, "reference": row["reference"], "name": row["name"], "photos": photos,
                         "provenance": {k: row[k] for k in PROVENANCE}})
         vectors.append(vector)
     progress.write("\n")
     spec = analyzer.embedder_spec
     matrix = np.stack(vectors) if vectors else np.zeros((0, analyzer.embedder.dim), np.float32)
     save_watchlist(fleet, name, entries, matrix, spec.id, spec.sha256)
+    kept = {photo_path(out_dir, str(e["id"]), n, p) for e in entries for n, p in enumerate(e["photos"])}
+    for stale in set((out_dir / "photos").glob("*")) - kept:  # entries refused or removed on this rebuild
+        stale.unlink()
     report.entries = len(entries)
     report.seconds = time.perf_counter() - t0
     return report
