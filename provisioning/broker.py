@@ -26,13 +26,16 @@ def render_acl(admins: Sequence[str], operators: Sequence[str]) -> str:
         f"pattern read {PREFIX}/%u/{COMMAND}/#",
         "",
         "# Admins: write any device's commands (cmd/shard-push is retained: the device's desired shard, which only",
-        "# admins can set, replace or clear), read results, state and audit. Operators: read events and state.",
+        "# admins can set, replace or clear), read results, state and audit. Operators (the officer's console): read",
+        "# events, state, audit and results, write review commands only.",
     ]
     for cn in admins:
         lines += [f"user {cn}", f"topic write {PREFIX}/+/{COMMAND}/#", f"topic read {PREFIX}/+/{COMMAND_RESULT}",
                   f"topic read {PREFIX}/+/{STATE}", f"topic read {PREFIX}/+/{AUDIT}", ""]
-    for cn in operators:
-        lines += [f"user {cn}", f"topic read {PREFIX}/+/{EVENTS}/#", f"topic read {PREFIX}/+/{STATE}", ""]
+    for cn in operators:  # the officer's console: its review commands (signed by the review key) and their answers
+        lines += [f"user {cn}", f"topic read {PREFIX}/+/{EVENTS}/#", f"topic read {PREFIX}/+/{STATE}",
+                  f"topic read {PREFIX}/+/{AUDIT}", f"topic write {PREFIX}/+/{COMMAND}/review",
+                  f"topic read {PREFIX}/+/{COMMAND_RESULT}", ""]
     return "\n".join(lines)
 
 

@@ -54,6 +54,9 @@ class FleetClient:
             self.connected.set()
 
     def start(self, timeout: float = 10.0) -> None:
+        """Connect and run paho's loop thread (nothing to do when already connected)."""
+        if self.connected.is_set():
+            return
         try:
             self.client.connect(self.settings.host, self.settings.port, keepalive=30, clean_start=False,
                                 properties=connect_properties(self.session_expiry))
@@ -68,6 +71,7 @@ class FleetClient:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.connected.clear()
 
 
 NOT_QUEUED = "not-queued"  # PushResult.code: the broker holds the command for nobody (or did not say it took it)
@@ -139,12 +143,16 @@ class Delivery:
 
 
 def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
-                     wait: float, lifetime: timedelta, progress: TextIO | None = None) -> list[PushResult]:
+                     wait: float, lifetime: timedelta, progress: TextIO | None = None,
+                     keep_open: bool = False) -> list[PushResult]:
     """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
     devices' signed answers on cmd-result for up to `wait` seconds. Verbs in RETAINED_VERBS are published
     retained: the device's desired state, which the broker keeps even for a device that has no session yet.
     With `progress`, a line says what the broker did with each command: queued for a device that is away,
-    kept as its desired state, or taken for nobody (0x10 on a one-shot command: no session exists)."""
+    kept as its desired state, or taken for nobody (0x10 on a one-shot command: no session exists).
+    `keep_open`: the client may be running already (the console's one connection) and is left running; the
+    answers are taken by topic callbacks, so the client's own on_message keeps every other message. One call
+    at a time per client (it sets on_publish)."""
     lock = threading.Condition()
     answers: dict[str, dict[str, Any]] = {}
     broker_said: dict[int, int] = {}
@@ -167,8 +175,9 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
             broker_said[mid] = rc.value
             lock.notify()
 
-    client.client.on_message = on_message
     client.client.on_publish = on_publish
+    for dev in commands:
+        client.client.message_callback_add(DeviceTopics(dev).command_result, on_message)
     client.start()
     for dev in commands:
         client.client.subscribe(DeviceTopics(dev).command_result, qos=1)
@@ -202,7 +211,10 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
         while not settled() and time.monotonic() < deadline:
             lock.wait(max(0.05, deadline - time.monotonic()))
             tell()
-    client.stop()
+    for dev in commands:
+        client.client.message_callback_remove(DeviceTopics(dev).command_result)
+    if not keep_open:
+        client.stop()
     out = []
     for dev, (_verb, cid, _e) in commands.items():
         a = answers.get(cid)
