@@ -177,14 +177,20 @@ class Effectiveness:
         with self._lock:
             return event_id in self._alerts
 
-    def review(self, event_id: str, outcome: str) -> str:
-        """Record an outcome; returns the alert's deployment id."""
+    def deployment_of(self, event_id: str) -> str:
+        """The deployment an alert was raised under (UnknownAlertError if this node raised no such alert)."""
         with self._lock:
             deployment_id = self._alerts.get(event_id)
-            if deployment_id is None:
-                raise UnknownAlertError(f"event {event_id}: this node raised no alert with that id")
+        if deployment_id is None:
+            raise UnknownAlertError(f"event {event_id}: this node raised no alert with that id")
+        return deployment_id
+
+    def review(self, event_id: str, outcome: str) -> str:
+        """Record an outcome; returns the alert's deployment id."""
+        deployment_id = self.deployment_of(event_id)
+        with self._lock:
             self._outcomes[event_id] = outcome
-            return deployment_id
+        return deployment_id
 
     def snapshot(self) -> dict[str, Tally]:
         with self._lock:

@@ -31,6 +31,7 @@ from edge.events.link import BrokerSettings
 from edge.events.service import EventService, EventSigner, shard_push_handler
 from edge.identity import DeviceIdentity, load_identity
 from edge.pipeline import Pipeline, PipelineSettings
+from edge.reviews import ReviewQuorum
 from edge.systemd import Heartbeat, Notifier, WatchdogFeeder, disable_core_dumps, watchdog_interval
 from edge.tls import DeviceTLS
 from edge.trust.keys import x25519_public
@@ -120,6 +121,7 @@ class Node:
         self.audit: AuditLog | None = None
         self.vault: EvidenceVault | None = None
         self.effectiveness = Effectiveness()
+        self.quorum = ReviewQuorum()  # distinct reviewers each alerted deployment's reviews must name
         self.use = DeploymentUse(self._audit, config.camera.id)  # start/end of matching under a deployment
         self._recorded: dict[str, Any] | None = None  # the last effectiveness record written
         self.ready = threading.Event()
@@ -136,6 +138,7 @@ class Node:
 
     def _on_shard(self, accepted: AcceptedShard) -> None:
         self.watchlist.swap(accepted)
+        self.quorum.accepted(accepted.manifest.deployment)
         m = accepted.manifest
         log.info("shard %s v%d in force (deployment %s, %d entries)", m.shard_id, m.version, m.deployment.id,
                  m.entries)
@@ -144,6 +147,7 @@ class Node:
                                        "start": format_time(m.deployment.start),
                                        "end": format_time(m.deployment.end), "cameras": list(m.deployment.cameras),
                                        "retention_days": m.deployment.retention_days,
+                                       "reviewers_required": m.deployment.reviewers_required,
                                        "expires": format_time(m.expires)})
         self._audit("threshold", {"threshold": m.deployment.threshold, "deployment_id": m.deployment.id,
                                   "model": {"id": m.model_id, "sha256": m.model_sha256}})
@@ -230,15 +234,20 @@ class Node:
 
     def _review_command(self, cmd: Command) -> dict[str, Any]:
         """review (from the operator console): record the human decision, count it, drop the node's copy of
-        the evidence. Recorded before the evidence goes, so a crash in between loses nothing on the record."""
+        the evidence. Recorded before the evidence goes, so a crash in between loses nothing on the record.
+        A review naming fewer distinct reviewers than the alert's deployment requires is refused first
+        (TooFewReviewersError): nothing recorded as a review, the evidence kept."""
         assert self.vault is not None and self.audit is not None
         event_id, outcome, reviewers = cmd.args["event_id"], cmd.args["outcome"], list(cmd.args["reviewers"])
         try:
-            deployment_id = self.effectiveness.review(event_id, outcome)
+            deployment_id = self.effectiveness.deployment_of(event_id)
         except UnknownAlertError as exc:
             raise CommandFailedError(str(exc)) from None
+        required = self.quorum.check(deployment_id, reviewers)
+        self.effectiveness.review(event_id, outcome)
         self.audit.append("review", {"event_id": event_id, "deployment_id": deployment_id, "outcome": outcome,
-                                     "reviewers": reviewers, "command_id": cmd.command_id})
+                                     "reviewers": reviewers, "reviewers_required": required,
+                                     "command_id": cmd.command_id})
         try:
             deleted = self.vault.acknowledge(event_id)
         except VaultError as exc:
@@ -310,6 +319,7 @@ class Node:
                                    "config": str(cfg.source_file) if cfg.source_file else None,
                                    "profile": cfg.profile})
         self.effectiveness.restore(entries)
+        self.quorum.restore(entries)
         self.vault = EvidenceVault.in_state_dir(cfg.state_dir, identity.storage_key(STORAGE_PURPOSE), self.clock)
         self._purge()
         store = ShardStore(cfg.state_dir)

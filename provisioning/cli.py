@@ -16,6 +16,7 @@ from edge.cli import COMMAND_ERRORS
 from edge.config import TrackingConfig
 from edge.events.commands import REVIEW_OUTCOMES, check_args, shard_push_args
 from edge.trust.keys import ed25519_public
+from edge.trust.root import ROLES
 from edge.trust.times import TimeFormatError, format_time, now, parse_time
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.vision.errors import VisionError
@@ -28,6 +29,7 @@ from provisioning.accuracy.stats import TailFitError
 from provisioning.broker import BrokerConfig
 from provisioning.ca import FleetCA
 from provisioning.commands import sign_command
+from provisioning.deployments import record_path
 from provisioning.fleet import Fleet, FleetError, passphrase
 from provisioning.link import NOT_QUEUED, REFUSED_BY_BROKER, FleetClient, publish_commands
 from provisioning.operators import add_operator, fleet_settings, issue_person, operator_key, people
@@ -59,7 +61,8 @@ def cmd_models_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    """Create a fleet: offline root keys (one file per custodian), online shard and command keys, root v1."""
+    """Create a fleet: offline root keys (one file per custodian), online shard, command and review keys
+    (keys/review-1.pem signs review commands and nothing else: the officer's console holds it), root v1."""
     root = Fleet(args.fleet_dir).init(args.fleet, args.root_keys, args.root_threshold)
     FleetCA(args.fleet_dir, passphrase("the fleet CA key")).init(args.fleet)
     print(f"fleet {root.fleet!r}: root v1 ({args.root_threshold} of {args.root_keys} root keys), "
@@ -73,11 +76,17 @@ def _root_files(args: argparse.Namespace) -> list[Path] | None:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    """Add an online key to a role, or revoke one; either publishes the next root version."""
+    """Add an online key to a role (shard, command or review), revoke one, or set how many of a role's keys
+    must sign; each publishes the next root version. The first review key of a fleet made before the review
+    role creates the role: from then on devices that trust the new root take reviews only from review keys."""
     fleet = Fleet(args.fleet_dir)
     if args.key_command == "add":
         path, root = fleet.add_key(args.role, _root_files(args))
         print(f"new {args.role} key {path}; published root v{root.version} ({fleet.root_path(root.version)})")
+    elif args.key_command == "threshold":
+        root = fleet.set_threshold(args.role, args.threshold, _root_files(args))
+        print(f"{args.role} threshold {args.threshold}; published root v{root.version} "
+              f"({fleet.root_path(root.version)})")
     else:
         root = fleet.revoke_key(args.keyid, _root_files(args))
         print(f"revoked {args.keyid}; published root v{root.version} ({fleet.root_path(root.version)})")
@@ -132,7 +141,8 @@ def cmd_shard_issue(args: argparse.Namespace) -> int:
     m = issue_shard(fleet, Path(args.deployment), devices, Path(args.out), model)
     print(f"issued shard {m.shard_id} v{m.version} -> {args.out}: {m.entries} entries for "
           f"{', '.join(m.recipients)}; deployment {m.deployment.id}, threshold {m.deployment.threshold}, "
-          f"expires {format_time(m.expires)}")
+          f"reviewers required {m.deployment.reviewers_required}, expires {format_time(m.expires)}; "
+          f"recorded in {record_path(fleet, m.deployment.id)}")
     return 0
 
 
@@ -340,7 +350,10 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     """Report the human decision on an alert to the device that raised it: the device records the outcome
     and the reviewer ids in its audit log, counts it in the deployment's figures, and deletes its own copy
-    of the evidence. Exit codes as for `shard push` (1 also when the device raised no such alert)."""
+    of the evidence. Signed by the fleet's review key(s) (keys/review-N.pem; the command keys under a root
+    made before the review role). The device refuses a review naming fewer distinct reviewers than the
+    alert's deployment requires (TooFewReviewersError, evidence kept). Exit codes as for `shard push` (1 also
+    when the device raised no such alert or refused the review)."""
     review = {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer}
     check_args("review", review)  # the device's own rules, before anything is signed or sent
     return _send(args, "review", review)
@@ -410,11 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     key = sub.add_parser("key", help="online signing keys (add, revoke)", description=cmd_key.__doc__)
     key_sub = key.add_subparsers(dest="key_command", required=True)
-    add = key_sub.add_parser("add", help="add a shard or command key", description=cmd_key.__doc__)
-    add.add_argument("role", choices=["shard", "command"])
-    revoke = key_sub.add_parser("revoke", help="revoke a shard or command key", description=cmd_key.__doc__)
+    online_roles = [r for r in ROLES if r != "root"]
+    add = key_sub.add_parser("add", help="add a shard, command or review key", description=cmd_key.__doc__)
+    add.add_argument("role", choices=online_roles)
+    revoke = key_sub.add_parser("revoke", help="revoke a shard, command or review key", description=cmd_key.__doc__)
     revoke.add_argument("keyid", help="key id (or a unique prefix)")
-    for p in (add, revoke):
+    threshold = key_sub.add_parser("threshold", help="how many of a role's keys must sign",
+                                   description=cmd_key.__doc__)
+    threshold.add_argument("role", choices=online_roles)
+    threshold.add_argument("threshold", type=at_least_one, help="signatures required (at most the role's keys)")
+    for p in (add, revoke, threshold):
         fleet_arg(p)
         root_keys_arg(p)
         p.set_defaults(func=cmd_key)

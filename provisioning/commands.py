@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from edge.events.commands import command_body
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.events.commands import command_body, signing_role
+from edge.trust.keys import key_id
 from edge.trust.root import sign_document
 from edge.trust.times import now
 from provisioning.fleet import Fleet, FleetError
@@ -16,16 +19,21 @@ DEFAULT_COMMAND_LIFETIME = timedelta(days=1)
 
 def sign_command(fleet: Fleet, device_id: str, verb: str, args: Mapping[str, Any],
                  lifetime: timedelta = DEFAULT_COMMAND_LIFETIME,
-                 issued: datetime | None = None) -> tuple[str, bytes]:
+                 issued: datetime | None = None,
+                 keys: Sequence[Ed25519PrivateKey] | None = None) -> tuple[str, bytes]:
     """(command_id, signed envelope) for one device, issued now (or at `issued`, for a device whose clock a
-    test fixes); the device must be registered and active."""
+    test fixes); the device must be registered and active. Signed by the keys of the verb's role
+    (`signing_role`: a review by the review keys): those in F/keys, or `keys` (the console's review key)."""
     device = fleet.device(device_id)
     if device.status != "active":
         raise FleetError(f"device {device_id!r} is {device.status}; no commands for it")
-    keys = [fleet.read_key(p) for p in fleet.key_files("command")]
     root = fleet.root()
-    if len(keys) < root.roles["command"].threshold:
-        raise FleetError(f"{len(keys)} command key(s) at hand, root v{root.version} needs "
-                         f"{root.roles['command'].threshold}")
+    role = signing_role(verb, root)
+    if keys is None:
+        keys = [fleet.read_key(p) for p in fleet.key_files(role)]
+    keys = [k for k in keys if key_id(k.public_key()) in root.roles[role].keyids]
+    if len(keys) < root.roles[role].threshold:
+        raise FleetError(f"{len(keys)} {role} key(s) at hand, root v{root.version} needs "
+                         f"{root.roles[role].threshold} to sign a {verb} command")
     body = command_body(fleet.name, device_id, verb, args, issued or now(), lifetime)
     return str(body["command_id"]), sign_document(body, keys)

@@ -4,7 +4,9 @@
     F/root/root.N.json    every signed root version (devices need the chain to rotate)
     F/keys/root-K.pem     one file per root-key custodian (encrypted PKCS#8)
     F/keys/shard-K.pem    online shard-signing key(s); F/keys/command-K.pem likewise
+    F/keys/review-K.pem   the keys that sign review commands and nothing else (the officer's console holds one)
     F/devices/ID.json     a device's public identity and status
+    F/deployments/ID.json what the latest shard of a deployment says (provisioning.deployments)
 """
 
 from __future__ import annotations
@@ -112,8 +114,10 @@ class Fleet:
         return trusted.root
 
     def key_files(self, role: str) -> list[Path]:
-        """This fleet's key files of a role that the current root still lists."""
+        """This fleet's key files of a role that the current root still lists (none for a role it lacks)."""
         root = self.root()
+        if not root.has_role(role):
+            return []
         out = []
         for path in sorted((self.dir / "keys").glob(f"{role}-*.pem")):
             key = self.read_key(path)
@@ -130,10 +134,12 @@ class Fleet:
         roots = [self._new_key("root")[1] for _ in range(root_keys)]
         shard = self._new_key("shard")[1]
         command = self._new_key("command")[1]
-        keys = {key_id(k.public_key()): k.public_key() for k in [*roots, shard, command]}
+        review = self._new_key("review")[1]
+        keys = {key_id(k.public_key()): k.public_key() for k in [*roots, shard, command, review]}
         roles = {"root": Role(tuple(key_id(k.public_key()) for k in roots), root_threshold),
                  "shard": Role((key_id(shard.public_key()),), 1),
-                 "command": Role((key_id(command.public_key()),), 1)}
+                 "command": Role((key_id(command.public_key()),), 1),
+                 "review": Role((key_id(review.public_key()),), 1)}
         root = Root(fleet, 1, now() + ROOT_LIFETIME, keys, roles)
         write_atomic(self.root_path(1), sign_document(root.to_body(), roots), 0o644)
         self._save_meta({"fleet": fleet, "root_version": 1, "next_shard_version": 1})
@@ -161,18 +167,36 @@ class Fleet:
         return keys
 
     def add_key(self, role: str, root_key_files: Sequence[Path] | None = None) -> tuple[Path, Root]:
-        """A new online key for a role (shard or command), published in root v+1."""
+        """A new online key for a role (shard, command or review), published in root v+1. The first review key
+        of a fleet made before the review role creates the role (threshold 1): from then on only review keys
+        sign reviews (docs/trust.md)."""
         if role not in ROLES or role == "root":
-            raise FleetError(f"role {role!r}: expected shard or command")
+            raise FleetError(f"role {role!r}: expected one of {', '.join(r for r in ROLES if r != 'root')}")
         root = self.root()
         signers = self._root_signers(root, root_key_files)
         path, key = self._new_key(role)
         kid = key_id(key.public_key())
-        r = root.roles[role]
+        r = root.roles.get(role, Role((), 1))
         roles = {**root.roles, role: Role((*r.keyids, kid), r.threshold)}
         new = Root(root.fleet, root.version + 1, now() + ROOT_LIFETIME,
                    {**root.keys, kid: key.public_key()}, roles)
         return path, self._publish_root(new, signers)
+
+    def set_threshold(self, role: str, threshold: int, root_key_files: Sequence[Path] | None = None) -> Root:
+        """How many of a role's keys must sign (shard, command or review), published in root v+1."""
+        if role not in ROLES or role == "root":
+            raise FleetError(f"role {role!r}: expected one of {', '.join(r for r in ROLES if r != 'root')} (root "
+                             "keys and their threshold change with `edge-fleet root rotate`)")
+        root = self.root()
+        if not root.has_role(role):
+            raise FleetError(f"root v{root.version} has no {role} role; add a {role} key first")
+        r = root.roles[role]
+        if not 1 <= threshold <= len(r.keyids):
+            raise FleetError(f"{role} threshold {threshold} must be between 1 and the role's {len(r.keyids)} key(s); "
+                             f"add {role} keys first")
+        new = Root(root.fleet, root.version + 1, now() + ROOT_LIFETIME, root.keys,
+                   {**root.roles, role: Role(r.keyids, threshold)})
+        return self._publish_root(new, self._root_signers(root, root_key_files))
 
     def revoke_key(self, kid_prefix: str, root_key_files: Sequence[Path] | None = None) -> Root:
         """Remove an online key from its role in root v+1 (TUF revocation)."""

@@ -20,7 +20,9 @@ from edge.trust.times import now
 from edge.vault import DEFAULT_RETENTION_DAYS
 from edge.vision.manifest import ModelSpec
 from edge.watchlist.shard import (
+    DEFAULT_REVIEWERS_REQUIRED,
     HPKE_SUITE,
+    MAX_REVIEWERS_REQUIRED,
     NONCE_BYTES,
     SHARD_TYPE,
     Deployment,
@@ -32,10 +34,17 @@ from edge.watchlist.shard import (
     wrap_info,
 )
 from provisioning.accuracy.calibration import check_policy
+from provisioning.deployments import (
+    DeploymentRecord,
+    DeploymentRecordError,
+    check_deployment_id,
+    write_deployment_record,
+)
 from provisioning.fleet import Fleet, FleetError
 from provisioning.watchlist import load_watchlist
 
-DEPLOYMENT_KEYS = {"id", "authorisation", "start", "end", "cameras", "threshold", "retention_days", "watchlist"}
+DEPLOYMENT_KEYS = {"id", "authorisation", "start", "end", "cameras", "threshold", "retention_days", "watchlist",
+                   "reviewers_required"}
 SHARD_KEYS = {"shard_id", "expires"}
 
 
@@ -91,11 +100,19 @@ def load_deployment(path: Path) -> DeploymentFile:
         raise FleetError(f"{path}: [deployment] threshold = {threshold} must be in (0, 1]")
     if not 1 <= retention <= 366:
         raise FleetError(f"{path}: [deployment] retention_days = {retention} must be 1..366")
+    reviewers = get(d, "reviewers_required", int, "deployment", DEFAULT_REVIEWERS_REQUIRED)
+    if not DEFAULT_REVIEWERS_REQUIRED <= reviewers <= MAX_REVIEWERS_REQUIRED:
+        raise FleetError(f"{path}: [deployment] reviewers_required = {reviewers} must be "
+                         f"{DEFAULT_REVIEWERS_REQUIRED}..{MAX_REVIEWERS_REQUIRED}")
+    try:
+        deployment_id = check_deployment_id(get(d, "id", str, "deployment"))
+    except DeploymentRecordError as exc:
+        raise FleetError(f"{path}: [deployment] id: {exc}") from None
     start, end = when(d, "start", "deployment"), when(d, "end", "deployment")
     if end <= start:
         raise FleetError(f"{path}: [deployment] end must be after start")
-    dep = Deployment(get(d, "id", str, "deployment"), get(d, "authorisation", str, "deployment"), start, end,
-                     tuple(cameras), threshold, retention)
+    dep = Deployment(deployment_id, get(d, "authorisation", str, "deployment"), start, end,
+                     tuple(cameras), threshold, retention, reviewers)
     expires = when(s, "expires", "shard", end)
     return DeploymentFile(dep, get(d, "watchlist", str, "deployment"), get(s, "shard_id", str, "shard", dep.id),
                           expires)
@@ -103,7 +120,8 @@ def load_deployment(path: Path) -> DeploymentFile:
 
 def issue_shard(fleet: Fleet, deployment_path: Path, device_ids: Sequence[str], out: Path,
                 model: ModelSpec) -> ShardManifest:
-    """Build, sign and write a shard for the listed devices; refuses anything a node would refuse."""
+    """Build, sign and write a shard for the listed devices; refuses anything a node would refuse. Then the
+    fleet's record of the deployment (F/deployments/<id>.json) says what was issued."""
     dep = load_deployment(deployment_path)
     wl = load_watchlist(fleet, dep.watchlist)
     wl.check_model(model.id, model.sha256)
@@ -145,4 +163,5 @@ def issue_shard(fleet: Fleet, deployment_path: Path, device_ids: Sequence[str], 
     body = manifest.to_body()
     assert body["type"] == SHARD_TYPE
     write_atomic(out, encode_shard(sign_document(body, signers), ciphertext), 0o644)
+    write_deployment_record(fleet, DeploymentRecord.of_shard(manifest, dep.watchlist))
     return manifest

@@ -1,5 +1,6 @@
-"""Fleet -> device commands: shard push, deployment, purge, config, review. Signed by the fleet's command keys and
-checked like shards, in a fixed order, each failure its own error; then executed at most once.
+"""Fleet -> device commands: shard push, deployment, purge, config, review. Signed by the fleet's command keys
+(a review by its review keys, once the trusted root has that role: `signing_role`) and checked like shards, in a
+fixed order, each failure its own error; then executed at most once.
 
 Wire format (the one definition; `provisioning` builds commands with `command_body`): the fleet's signed
 envelope {"signatures": [...], "signed": body} with body
@@ -34,8 +35,17 @@ from edge.events.outbox import Outbox, OutboxError
 from edge.events.topics import COMMAND, VERBS, TopicError, split_topic
 from edge.fsutil import write_atomic
 from edge.identity import DeviceIdentity, IdentityError
-from edge.trust.root import DocumentFormatError, TrustedRoot, TrustError, parse_envelope
+from edge.trust.root import (
+    DocumentFormatError,
+    Root,
+    Signed,
+    TrustedRoot,
+    TrustError,
+    UnknownSignerError,
+    parse_envelope,
+)
 from edge.trust.times import TimeFormatError, format_time, now, parse_time
+from edge.watchlist.shard import MAX_REVIEWERS_REQUIRED
 from edge.watchlist.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,20 @@ class CommandFailedError(CommandError):
     """The command was valid but carrying it out failed (the reason says why)."""
 
 
+class CommandRoleError(CommandError, UnknownSignerError):
+    """Signed by a fleet key of another role than the verb's: a review key signing anything but a review, a
+    shard key signing a command."""
+
+
+class ReviewRoleError(CommandRoleError):
+    """A review signed by a command key although the trusted root has a review role (docs/trust.md)."""
+
+
+class TooFewReviewersError(CommandError):
+    """A review names fewer distinct reviewers than the alert's deployment requires (`reviewers_required`
+    in its signed deployment): nothing is recorded as a review, the evidence is kept."""
+
+
 @dataclass(frozen=True)
 class Command:
     command_id: str
@@ -124,6 +148,8 @@ def _str(args: Mapping[str, Any], name: str, verb: str) -> str:
 
 REVIEW_OUTCOMES = ("confirmed", "dismissed")
 MAX_REVIEWERS = 4
+assert MAX_REVIEWERS_REQUIRED <= MAX_REVIEWERS  # a deployment never requires more than a review can name
+REVIEW_VERB = "review"
 REVIEWER_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # an opaque id (badge, account), never a name
 
 
@@ -178,6 +204,27 @@ def _str_any(args: Mapping[str, Any], name: str, verb: str) -> str:
     return v
 
 
+def signing_role(verb: str, root: Root) -> str:
+    """The root role whose keys sign a command of this verb: a review by the review role once the root has
+    one (under a root made before it, by the command role, as every other verb)."""
+    return "review" if verb == REVIEW_VERB and root.has_role("review") else "command"
+
+
+def verify_signers(root: Root, signed: Signed, verb: str) -> None:
+    """The verb's role's signatures and threshold; a key of another fleet role gets its own error."""
+    role = signing_role(verb, root)
+    for kid, _sig in signed.signatures:
+        other = root.role_of(kid)
+        if kid in root.roles[role].keyids or other is None:
+            continue  # a key of no role is an UnknownSignerError from root.verify
+        if role == "review" and other == "command":
+            raise ReviewRoleError(f"key {kid[:16]}... is a command key; root v{root.version} has a review role, "
+                                  "and only its keys sign reviews")
+        raise CommandRoleError(f"key {kid[:16]}... is a {other} key; a {verb} command is signed by the {role} "
+                               f"role of root v{root.version}")
+    root.verify(signed, role)
+
+
 class SeenCommands:
     """Command ids already acted on, kept until they expire (so a replay is always recognised)."""
 
@@ -205,8 +252,8 @@ class SeenCommands:
 
 
 class CommandVerifier:
-    """The order of checks: size, topic, envelope, root unexpired, signatures (command role, threshold),
-    fields, fleet, addressee, verb = topic, validity window, replay, args."""
+    """The order of checks: size, topic, envelope, root unexpired, signatures (the role of the topic's verb:
+    `signing_role`, threshold), fields, fleet, addressee, verb = topic, validity window, replay, args."""
 
     def __init__(self, root: TrustedRoot, device_id: str, seen: SeenCommands,
                  max_bytes: int = MAX_COMMAND_BYTES):
@@ -230,7 +277,7 @@ class CommandVerifier:
         except DocumentFormatError as exc:
             raise CommandFormatError(f"envelope: {exc}") from None
         self.root.check_unexpired(at)
-        self.root.root.verify(signed, "command")
+        verify_signers(self.root.root, signed, topic_verb)  # the body's verb must equal it (checked below)
         cmd = self._parse(signed.body)
         if cmd.fleet != self.root.root.fleet:
             raise CommandFormatError(f"fleet {cmd.fleet!r} is not this node's fleet")

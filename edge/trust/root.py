@@ -23,7 +23,9 @@ from edge.trust.times import TimeFormatError, format_time, parse_time
 
 ROOT_TYPE = "edge-root"
 ROOT_SCHEMA = 1
-ROLES = ("root", "shard", "command")
+ROLES = ("root", "shard", "command", "review")
+# A root made before the review role existed names only these; it still parses (docs/trust.md, "The review role")
+REQUIRED_ROLES = ("root", "shard", "command")
 _HEX64 = frozenset("0123456789abcdef")
 
 
@@ -118,6 +120,14 @@ class Root:
     keys: Mapping[str, Ed25519PublicKey]
     roles: Mapping[str, Role]
 
+    def has_role(self, role: str) -> bool:
+        """Whether this root names the role (a root made before the review role has no `review`)."""
+        return role in self.roles
+
+    def role_of(self, kid: str) -> str | None:
+        """The role (other than root) whose keys include `kid`, if any."""
+        return next((name for name, r in self.roles.items() if name != "root" and kid in r.keyids), None)
+
     def to_body(self) -> dict[str, Any]:
         return {
             "type": ROOT_TYPE, "schema": ROOT_SCHEMA, "fleet": self.fleet, "version": self.version,
@@ -170,8 +180,9 @@ def parse_root(signed: Signed) -> Root:
             raise DocumentFormatError(f"root.keys.{kid}: key id is not the sha256 of the key")
         keys[kid] = pub
     roles: dict[str, Role] = {}
-    if not isinstance(b["roles"], dict) or set(b["roles"]) != set(ROLES):
-        raise DocumentFormatError(f"root.roles: expected exactly {list(ROLES)}")
+    if not isinstance(b["roles"], dict) or set(b["roles"]) not in (set(ROLES), set(REQUIRED_ROLES)):
+        raise DocumentFormatError(f"root.roles: expected exactly {list(ROLES)} (or {list(REQUIRED_ROLES)}, a root "
+                                  "made before the review role)")
     for name, r in b["roles"].items():
         ok = (isinstance(r, dict) and set(r) == {"keyids", "threshold"} and isinstance(r["keyids"], list)
               and isinstance(r["threshold"], int) and not isinstance(r["threshold"], bool)
@@ -216,6 +227,11 @@ class TrustedRoot:
         if new.version != self.root.version + 1:
             raise RootRollbackError(
                 f"root v{new.version} is not the next version after trusted v{self.root.version}")
+        for role in ROLES:
+            if self.root.has_role(role) and not new.has_role(role):
+                # dropping the review role would hand reviews back to the command keys
+                raise DocumentFormatError(f"root.roles: v{new.version} drops the {role} role that trusted "
+                                          f"v{self.root.version} has")
         old_ids = set(self.root.roles["root"].keyids)
         new_ids = set(new.roles["root"].keyids)
         for kid, _ in signed.signatures:

@@ -34,6 +34,10 @@ NONCE_BYTES = 12
 PAYLOAD_MAGIC = b"EDGEGAL1"
 PAYLOAD_HEADER = struct.Struct(">8sIHH")  # magic, entries, dim, reserved (0): 16 bytes, keeps rows aligned
 ENTRY_ID_BYTES = 16
+# how many distinct reviewers a deployment may require before an alert's outcome stands (GOVERNANCE G7); a
+# deployment without `reviewers_required` requires one, and its manifest omits the field (docs/shard-format.md)
+DEFAULT_REVIEWERS_REQUIRED = 1
+MAX_REVIEWERS_REQUIRED = 2
 
 
 class ShardError(TrustError):
@@ -95,11 +99,18 @@ class Deployment:
     cameras: tuple[str, ...]
     threshold: float
     retention_days: int
+    reviewers_required: int = DEFAULT_REVIEWERS_REQUIRED
 
     def to_body(self) -> dict[str, Any]:
-        return {"id": self.id, "authorisation": self.authorisation, "start": format_time(self.start),
-                "end": format_time(self.end), "cameras": list(self.cameras), "threshold": self.threshold,
-                "retention_days": self.retention_days}
+        """The manifest's deployment; `reviewers_required` only when it is not the default, so a shard that
+        does not ask for more is byte for byte what nodes before the field accept."""
+        body: dict[str, Any] = {
+            "id": self.id, "authorisation": self.authorisation, "start": format_time(self.start),
+            "end": format_time(self.end), "cameras": list(self.cameras), "threshold": self.threshold,
+            "retention_days": self.retention_days}
+        if self.reviewers_required != DEFAULT_REVIEWERS_REQUIRED:
+            body["reviewers_required"] = self.reviewers_required
+        return body
 
 
 @dataclass(frozen=True)
@@ -219,7 +230,16 @@ def parse_manifest(signed: Signed) -> ShardManifest:
     if version < 1:
         raise ShardFormatError("manifest signed.version: must be >= 1")
     d = b["deployment"]
-    _exact(d, {"id", "authorisation", "start", "end", "cameras", "threshold", "retention_days"}, "deployment")
+    base = {"id", "authorisation", "start", "end", "cameras", "threshold", "retention_days"}
+    _exact(d, base | {"reviewers_required"} if isinstance(d, Mapping) and "reviewers_required" in d else base,
+           "deployment")
+    reviewers = d.get("reviewers_required", DEFAULT_REVIEWERS_REQUIRED)
+    if "reviewers_required" in d and (  # present only when above the default: one spelling of each deployment
+            not isinstance(reviewers, int) or isinstance(reviewers, bool)
+            or not DEFAULT_REVIEWERS_REQUIRED < reviewers <= MAX_REVIEWERS_REQUIRED):
+        raise ShardFormatError(f"manifest deployment.reviewers_required: expected an integer "
+                               f"{DEFAULT_REVIEWERS_REQUIRED + 1}..{MAX_REVIEWERS_REQUIRED} (omitted means "
+                               f"{DEFAULT_REVIEWERS_REQUIRED})")
     cameras = _field(d, "cameras", list, "deployment")
     if not cameras or not all(isinstance(c, str) and c for c in cameras) or len(set(cameras)) != len(cameras):
         raise ShardFormatError("manifest deployment.cameras: expected unique non-empty names")
@@ -229,7 +249,7 @@ def parse_manifest(signed: Signed) -> ShardManifest:
         raise ShardFormatError("manifest deployment: threshold must be in (0, 1], retention_days in 1..366")
     deployment = Deployment(_ident(d, "id", "deployment"), _field(d, "authorisation", str, "deployment"),
                             _time(d, "start", "deployment"), _time(d, "end", "deployment"), tuple(cameras),
-                            float(threshold), retention)
+                            float(threshold), retention, reviewers)
     if deployment.end <= deployment.start:
         raise ShardFormatError("manifest deployment: end must be after start")
     mo = b["model"]
