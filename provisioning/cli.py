@@ -29,6 +29,7 @@ from provisioning.accuracy.stats import TailFitError
 from provisioning.broker import BrokerConfig
 from provisioning.ca import FleetCA
 from provisioning.commands import sign_command
+from provisioning.console import cli as console_cli
 from provisioning.deployments import record_path
 from provisioning.fleet import Fleet, FleetError, passphrase
 from provisioning.link import NOT_QUEUED, REFUSED_BY_BROKER, FleetClient, publish_commands
@@ -388,7 +389,12 @@ def cmd_deployment_report(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check a node's audit log: the hash chain (a changed, removed, inserted or reordered line) and, with
-    --checkpoints, the device-signed checkpoints (truncation, a rewritten tail)."""
+    --checkpoints, the device-signed checkpoints (truncation, a rewritten tail). With --console DIR instead: an
+    officer's console's log, checked against the console's own journal key (docs/console.md)."""
+    if args.console is not None:
+        return console_cli.verify_console_log(args.console, args.console_key)
+    if args.log is None or args.device is None or args.fleet_dir is None:
+        raise FleetError("audit verify: a node's log needs LOG, --device and --fleet-dir (a console's: --console DIR)")
     fleet = Fleet(args.fleet_dir)
     key = ed25519_public(fleet.device(args.device).ed25519)
     log = Path(args.log)
@@ -598,10 +604,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="a node's audit log", description="Audit logs.")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     averify = audit_sub.add_parser("verify", help="verify a node's audit log", description=cmd_audit_verify.__doc__)
-    averify.add_argument("log", metavar="LOG")
-    averify.add_argument("--device", required=True, help="the device whose log it is (its key checks checkpoints)")
+    averify.add_argument("log", metavar="LOG", nargs="?", help="a node's audit.jsonl")
+    averify.add_argument("--device", help="the device whose log it is (its key checks checkpoints)")
     averify.add_argument("--checkpoints", help="the device's signed checkpoints, one per line")
-    fleet_arg(averify)
+    averify.add_argument("--fleet-dir", type=Path, help="the fleet directory (for a node's log)")
+    averify.add_argument("--console", type=Path, metavar="DIR", help="verify this console dir's audit log instead")
+    averify.add_argument("--console-key", metavar="HEX", help="the console's journal public key, noted at its setup "
+                         "(default: the one in DIR/audit)")
     averify.set_defaults(func=cmd_audit_verify)
 
     models = sub.add_parser("models", help="the model files a fleet ships", description="Model files.")
@@ -613,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     from provisioning.serial_tool import add_parser as add_provision
 
     add_provision(sub)
+    console_cli.register(sub)
     return parser
 
 
