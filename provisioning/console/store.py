@@ -24,6 +24,7 @@ from typing import Any
 
 from edge.sqlitedb import immediate, open_durable
 from edge.vault import Evidence, EvidenceVault, VaultError
+from edge.vault import EvidenceGoneError as VaultEvidenceGoneError
 from provisioning.tail import VerifiedEvent
 
 ALERTS_FILE = Path("alerts.db")
@@ -72,12 +73,20 @@ _ALERT_COLUMNS = ("event_id, device_id, camera_id, deployment_id, entry_id, trac
                   "evidence_note, evidence_gone, reviewers_required, outcome, review_command_id, node_answer")
 
 
-class StoreError(Exception):
+class ConsoleError(Exception):
+    """The console cannot do what was asked (the subclass says why; the message names the alert or file)."""
+
+
+class StoreError(ConsoleError):
     """The console's store cannot be opened or written (names the file)."""
 
 
-class AlertNotFoundError(StoreError):
+class UnknownAlertError(StoreError):
     """No alert with that event id in this console."""
+
+
+class EvidenceGoneError(StoreError):
+    """The crop is not here: destroyed (dismissal, retention), never sent, or not opened."""
 
 
 class StorageKeyError(StoreError):
@@ -220,7 +229,7 @@ class AlertStore:
         with self._lock:
             row = self._db.execute(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE event_id = ?", (event_id,)).fetchone()
             if row is None:
-                raise AlertNotFoundError(f"{self.path}: no alert {event_id!r}")
+                raise UnknownAlertError(f"{self.path}: no alert {event_id!r}")
             return self._alert(row)
 
     def alerts(self, decided: bool, limit: int | None = None) -> list[StoredAlert]:
@@ -265,26 +274,34 @@ class AlertStore:
             self._db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?)",
                              (event_id, reviewer, outcome, note, at.timestamp()))
 
-    def set_outcome(self, event_id: str, outcome: str, command_id: str | None) -> None:
-        """The outcome stands; `command_id` is the review command that tells the node."""
+    def set_outcome(self, event_id: str, outcome: str, command_id: str | None, node_answer: str | None = None) -> None:
+        """The outcome stands; `command_id` is the review command that tells the node (None: not sent, and
+        `node_answer` says why)."""
         with self._write(f"recording the outcome of {event_id}"):
-            self._db.execute("UPDATE alerts SET outcome = ?, review_command_id = ? WHERE event_id = ?",
-                             (outcome, command_id, event_id))
+            self._db.execute("UPDATE alerts SET outcome = ?, review_command_id = ?, node_answer = ? WHERE event_id = ?",
+                             (outcome, command_id, node_answer, event_id))
 
-    def set_node_answer(self, command_id: str, answer: str) -> str | None:
-        """The node's answer to a review command; returns the alert's event id (None: not one of ours)."""
+    def set_node_answer(self, command_id: str, answer: str, replace: bool = True) -> str | None:
+        """The node's answer to a review command (`replace` False: only where none is recorded yet); returns the
+        alert's event id (None: not one of ours)."""
         with self._write(f"recording the answer to command {command_id}"):
-            row = self._db.execute("SELECT event_id FROM alerts WHERE review_command_id = ?",
+            row = self._db.execute("SELECT event_id, node_answer FROM alerts WHERE review_command_id = ?",
                                    (command_id,)).fetchone()
             if row is None:
                 return None
-            self._db.execute("UPDATE alerts SET node_answer = ? WHERE event_id = ?", (answer, row[0]))
+            if replace or row[1] is None:
+                self._db.execute("UPDATE alerts SET node_answer = ? WHERE event_id = ?", (answer, row[0]))
             return str(row[0])
 
     # -- evidence --
     def evidence(self, event_id: str) -> Evidence:
-        """The alert's crops, decrypted (edge.vault.EvidenceGoneError when destroyed or never stored)."""
-        return self.vault.read(event_id)
+        """The alert's crops, decrypted (EvidenceGoneError when destroyed or never stored)."""
+        try:
+            return self.vault.read(event_id)
+        except VaultEvidenceGoneError as exc:
+            raise EvidenceGoneError(f"event {event_id}: no evidence ({exc})") from None
+        except VaultError as exc:
+            raise StoreError(str(exc)) from None
 
     def destroy(self, event_id: str, reason: str = DISMISSED) -> Destroyed:
         """Delete one alert's crops at once (a dismissal); says whether there were any."""
