@@ -30,6 +30,7 @@ from provisioning.console.ingest import Ingest
 from provisioning.console.journal import ConsoleJournal
 from provisioning.console.references import WatchEntry, WatchListReadError, WatchReferences
 from provisioning.console.reviews import (
+    ANSWER_WAIT,
     AlreadyDecidedError,
     DuplicateReviewerError,
     ReviewCommand,
@@ -115,7 +116,9 @@ class Console:
 
     def __init__(self, fleet: Fleet, console_dir: Path, client: FleetClient, operator: X25519PrivateKey | None,
                  review_key: Ed25519PrivateKey | None, clock: Callable[[], datetime] = now,
-                 audit_logs: Sequence[AuditSource] = ()):
+                 audit_logs: Sequence[AuditSource] = (), answer_wait: float = ANSWER_WAIT):
+        """`answer_wait`: seconds the review sender waits for a node's answer before sending the next command (a
+        later answer is recorded all the same)."""
         self.fleet = fleet
         self.clock = clock
         self.accounts = AccountStore(console_dir / ACCOUNTS_FILE, clock)
@@ -125,9 +128,9 @@ class Console:
         self.fleet_view = FleetView(fleet, clock, audit_logs)
         self.tail = EventTail(fleet, operator, clock)
         self.review_key = review_key
-        self._intake = _Intake(self)
-        self.ingest = Ingest(client, fleet, self.tail, self._intake)
-        self.sender = ReviewSender(client, fleet, self._answered)
+        self.intake = Intake(self)
+        self.ingest = Ingest(client, fleet, self.tail, self.intake)
+        self.sender = ReviewSender(client, fleet, self._answered, answer_wait)
         self._decide_lock = threading.Lock()
         self._listeners: dict[int, Callable[[str], None]] = {}
         self._listen_lock = threading.Lock()
@@ -306,8 +309,8 @@ class Console:
             callback(event_id)
 
 
-class _Intake:
-    """What the ingest hands over, put into the console (the IngestSink)."""
+class Intake:
+    """What the ingest hands over, put into the console (the IngestSink; tests feed it directly too)."""
 
     def __init__(self, console: Console):
         self.console = console
@@ -336,7 +339,7 @@ class _Intake:
 
 def open_console(fleet_dir: Path, console_dir: Path, broker: BrokerSettings, operator_key: Path | None,
                  review_key: Path | None, clock: Callable[[], datetime] = now,
-                 audit_logs: Sequence[AuditSource] = ()) -> Console:
+                 audit_logs: Sequence[AuditSource] = (), answer_wait: float = ANSWER_WAIT) -> Console:
     """A Console for a fleet directory, kept in `console_dir`: the operator key opens the crops (without it they
     stay sealed and are not kept), the review key signs review commands (without it outcomes are not sent).
     The keys' passphrase comes from $EDGE_FLEET_PASSPHRASE or a prompt."""
@@ -346,4 +349,4 @@ def open_console(fleet_dir: Path, console_dir: Path, broker: BrokerSettings, ope
     operator = read_operator_key(operator_key, passphrase(str(operator_key))) if operator_key is not None else None
     signer = fleet.read_key(review_key) if review_key is not None else None
     return Console(fleet, console_dir, FleetClient(broker, broker.cert_file.stem), operator, signer, clock,
-                   audit_logs)
+                   audit_logs, answer_wait)

@@ -1,0 +1,248 @@
+"""The console's store and decisions with real crypto and a real fleet (no broker here; tests/test_console_ingest.py
+has the MQTT side): crops encrypted at rest under the console storage key, destroyed on dismissal and at
+retention, the decision rules and the signed review command, the watch-list entry and its reference photo."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from consolefleet import CONTEXT, FACE, Clock, SmallFleet, review_key_path, small_fleet
+
+from edge.demo.run import FOOTAGE, WATCHLIST_CSV
+from edge.events.commands import signing_role
+from edge.events.link import BrokerSettings
+from edge.trust.root import parse_envelope
+from edge.trust.times import now
+from edge.vision.analyzer import FaceAnalyzer
+from provisioning.console.accounts import Account
+from provisioning.console.service import (
+    AlreadyDecidedError,
+    Console,
+    DuplicateReviewerError,
+    EvidenceGoneError,
+    ReviewerRoleError,
+    UnknownAlertError,
+)
+from provisioning.console.store import STORAGE_KEY_FILE, AlertStore, StorageKeyError
+from provisioning.link import FleetClient
+from provisioning.tail import VerifiedEvent
+from provisioning.watchlist import build_watchlist
+
+PASSWORD = "a long enough password"
+
+
+@pytest.fixture()
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SmallFleet:
+    return small_fleet(tmp_path, monkeypatch)
+
+
+def console_for(world: SmallFleet, tmp_path: Path, clock: Clock) -> Console:
+    """A Console that is not started (no broker needed): events are fed to its intake as the ingest would."""
+    unused = BrokerSettings("127.0.0.1", 1, tmp_path / "ca", tmp_path / "crt", tmp_path / "key")
+    client = FleetClient.__new__(FleetClient)  # never connected: the sender is not started either
+    client.settings = unused
+    review = world.fleet.read_key(review_key_path(world.fleet))
+    c = Console(world.fleet, tmp_path / "console", client, world.operator, review, clock)
+    for name, role in (("PC-4711", "reviewer"), ("PC-0815", "reviewer"), ("PC-1234", "reviewer"),
+                       ("sgt-0042", "supervisor"), ("admin-1", "admin")):
+        c.accounts.add(name, role, PASSWORD)
+    return c
+
+
+def feed(console: Console, world: SmallFleet, device: str = "cam-01", **kw: object) -> str:
+    topic, event_id, payload = world.event(device, **kw)  # type: ignore[arg-type]
+    checked = console.tail.check(topic, payload)
+    assert isinstance(checked, VerifiedEvent), checked
+    console.intake.alert(checked)
+    return event_id
+
+
+def account(console: Console, name: str) -> Account:
+    return console.accounts.get(name)
+
+
+def journal(tmp_path: Path) -> list[dict[str, Any]]:
+    lines = (tmp_path / "console" / "audit" / "audit.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines]
+
+
+def db_bytes(console_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(console_dir.rglob("*.db*")))
+
+
+def test_a_verified_event_is_kept_with_its_crops_encrypted_at_rest(world: SmallFleet, tmp_path: Path) -> None:
+    clock = Clock(now())
+    console = console_for(world, tmp_path, clock)
+    world.deployment("dep-1", retention_days=3, reviewers_required=1)
+    heard: list[str] = []
+    stop = console.listen(heard.append)
+    event_id = feed(console, world)
+    stop()
+    feed(console, world, entry_id="wl-other")  # after unsubscribing: not heard
+    assert heard == [event_id]
+
+    a = console.alert(event_id)
+    assert a.device_id == "cam-01" and a.camera_id == "gate-a" and a.deployment_id == "dep-1"
+    assert a.score == 0.953 and a.threshold == 0.94 and a.frames_agreeing == 4 and a.outcome is None
+    assert a.signature.startswith("verified by cam-01 key ") and len(a.signature.split()[-1]) == 16
+    assert a.has_face and a.has_context and a.evidence_note is None and a.entry is None
+    assert a.reviewers_required == 1
+    assert a.evidence_until == (clock.t.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=3))
+    assert console.evidence(event_id, "face") == (FACE, "image/jpeg")
+    assert console.evidence(event_id, "context") == (CONTEXT, "image/jpeg")
+    assert [x.event_id for x in console.queue()][-1] == event_id  # newest first: the second one leads
+
+    console.store.close()
+    stored = db_bytes(tmp_path / "console")
+    assert FACE[:3] == b"\xff\xd8\xff" and b"\xff\xd8\xff" not in stored  # no JPEG anywhere in the files
+    assert FACE[1000:1032] not in stored and CONTEXT[1000:1032] not in stored
+    key = tmp_path / "console" / STORAGE_KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
+
+    # the same event again (the broker redelivers after a crash before the ack): one alert, nothing restored
+    again = AlertStore(tmp_path / "console", clock)
+    assert len(again.alerts(decided=False)) == 2
+    again.close()
+
+
+def test_a_storage_key_readable_by_others_is_refused(world: SmallFleet, tmp_path: Path) -> None:
+    store = AlertStore(tmp_path / "c", now)
+    store.close()
+    os.chmod(tmp_path / "c" / STORAGE_KEY_FILE, 0o644)
+    with pytest.raises(StorageKeyError, match=r"storage\.key: the console storage key is readable by others"):
+        AlertStore(tmp_path / "c", now)
+
+
+def test_crops_that_do_not_open_are_not_kept_and_the_alert_says_why(world: SmallFleet, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    console = console_for(world, tmp_path, Clock(now()))
+    event_id = feed(console, world, sealed_to=X25519PrivateKey.generate(), context=None)
+    a = console.alert(event_id)
+    assert not a.has_face and not a.has_context
+    assert a.evidence_note is not None and "face crop not opened" in a.evidence_note
+    assert "the device sent no context crop" in a.evidence_note
+    with pytest.raises(EvidenceGoneError):
+        console.evidence(event_id, "face")
+    with pytest.raises(UnknownAlertError):
+        console.alert("019a0000-0000-7000-8000-000000000001")
+
+
+def test_two_reviewers_must_agree_and_the_review_command_names_both(world: SmallFleet, tmp_path: Path) -> None:
+    console = console_for(world, tmp_path, Clock(now()))
+    world.deployment("dep-2", retention_days=30, reviewers_required=2)
+    event_id = feed(console, world, deployment_id="dep-2")
+    assert console.alert(event_id).reviewers_required == 2
+
+    with pytest.raises(ReviewerRoleError, match="admin-1 is an admin"):
+        console.decide(event_id, account(console, "admin-1"), "confirmed", "")
+    a = console.decide(event_id, account(console, "PC-4711"), "confirmed", "same scar, same ear")
+    assert a.outcome is None and [d.reviewer for d in a.decisions] == ["PC-4711"]
+    with pytest.raises(DuplicateReviewerError, match="PC-4711 has decided alert"):
+        console.decide(event_id, account(console, "PC-4711"), "confirmed", "again")
+    assert console.sender._queue.empty()  # nothing sent on one reviewer's word
+
+    a = console.decide(event_id, account(console, "PC-0815"), "confirmed", "agreed")
+    assert a.outcome == "confirmed" and a.has_face  # a confirmed alert's evidence is kept until retention
+    assert [x.event_id for x in console.recent()] == [event_id] and console.queue() == []
+    with pytest.raises(AlreadyDecidedError):
+        console.decide(event_id, account(console, "sgt-0042"), "dismissed", "")
+
+    command = console.sender._queue.get_nowait()
+    assert command is not None and command.device_id == "cam-01"
+    signed = parse_envelope(command.envelope, "edge-command")
+    root = world.fleet.root()
+    root.verify(signed, signing_role("review", root))  # signed by the review key (the role's threshold met)
+    assert signed.body["args"] == {"event_id": event_id, "outcome": "confirmed", "reviewers": ["PC-4711", "PC-0815"]}
+    assert console.store.get(event_id).review_command_id == command.command_id
+    kinds = [(r["kind"], r["data"].get("account")) for r in journal(tmp_path)]
+    assert ("decision", "PC-4711") in kinds and ("decision", "PC-0815") in kinds
+    sent = [r["data"] for r in journal(tmp_path) if r["kind"] == "review-sent"]
+    assert sent == [{"event_id": event_id, "outcome": "confirmed", "reviewers": ["PC-4711", "PC-0815"],
+                     "command_id": command.command_id, "sent": True, "device_id": "cam-01"}]
+
+
+def test_a_disputed_alert_waits_for_a_supervisor_and_a_dismissal_destroys_the_evidence_at_once(
+        world: SmallFleet, tmp_path: Path) -> None:
+    console = console_for(world, tmp_path, Clock(now()))
+    world.deployment("dep-2", retention_days=30, reviewers_required=2)
+    event_id = feed(console, world, deployment_id="dep-2")
+    console.decide(event_id, account(console, "PC-4711"), "confirmed", "")
+    a = console.decide(event_id, account(console, "PC-0815"), "dismissed", "not him")
+    assert a.outcome is None and {d.outcome for d in a.decisions} == {"confirmed", "dismissed"}  # disputed
+    with pytest.raises(ReviewerRoleError, match="disputed"):
+        console.decide(event_id, account(console, "PC-1234"), "confirmed", "")
+    assert console.evidence(event_id, "face")[0] == FACE
+
+    a = console.decide(event_id, account(console, "sgt-0042"), "dismissed", "different chin")
+    assert a.outcome == "dismissed" and not a.has_face and not a.has_context
+    assert a.evidence_note == "evidence destroyed at once on dismissal"
+    with pytest.raises(EvidenceGoneError):
+        console.evidence(event_id, "face")
+    assert event_id not in console.store.vault.event_ids()
+    command = console.sender._queue.get_nowait()
+    assert command is not None
+    assert parse_envelope(command.envelope, "edge-command").body["args"]["reviewers"] == ["PC-0815", "sgt-0042"]
+    destroyed = [r["data"] for r in journal(tmp_path) if r["kind"] == "evidence-destroyed"]
+    assert destroyed == [{"reason": "dismissed", "event_ids": [event_id], "keys": []}]
+    console.store.close()
+    assert b"\xff\xd8\xff" not in db_bytes(tmp_path / "console")
+
+
+def test_retention_destroys_the_evidence_when_its_day_is_old_enough(world: SmallFleet, tmp_path: Path) -> None:
+    clock = Clock(now())
+    console = console_for(world, tmp_path, clock)
+    world.deployment("dep-short", retention_days=2, reviewers_required=1)
+    short = feed(console, world, deployment_id="dep-short")
+    long = feed(console, world, deployment_id="dep-long")  # no record: the default retention (30 days)
+    until = console.alert(short).evidence_until
+    assert console.alert(long).evidence_until - until == timedelta(days=28)
+
+    clock.t = until - timedelta(seconds=1)
+    assert console.purge_expired().event_ids == ()
+    clock.t = until
+    destroyed = console.purge_expired()
+    assert destroyed.event_ids == (short,) and len(destroyed.keys) == 1 and destroyed.keys[0].startswith("dep-short|")
+    with pytest.raises(EvidenceGoneError):
+        console.evidence(short, "face")
+    a = console.alert(short)
+    assert a.outcome is None and not a.has_face
+    assert a.evidence_note == "evidence destroyed at the deployment's retention"
+    assert console.evidence(long, "face")[0] == FACE
+    assert console.purge_expired().event_ids == ()  # destroyed once; the next purge finds nothing
+    assert console.deployment_report() == {"dep-long": {"alerts": 1, "confirmed": 0, "dismissed": 0, "unreviewed": 1},
+                                           "dep-short": {"alerts": 1, "confirmed": 0, "dismissed": 0,
+                                                         "unreviewed": 1}}
+
+
+@pytest.fixture()
+def built(world: SmallFleet, analyzer: FaceAnalyzer) -> Iterator[SmallFleet]:
+    build_watchlist(world.fleet, "demo", FOOTAGE, WATCHLIST_CSV, analyzer, open(os.devnull, "w"))  # noqa: SIM115
+    yield world
+
+
+def test_the_watch_list_entry_and_its_reference_photo(built: SmallFleet, tmp_path: Path) -> None:
+    doc = json.loads((built.fleet.dir / "watchlists" / "demo" / "entries.json").read_text())
+    entry = next(e for e in doc["entries"] if e["photos"] == ["obama.jpg"])
+    console = console_for(built, tmp_path, Clock(now()))
+    event_id = feed(console, built, entry_id=entry["id"])
+    a = console.alert(event_id)
+    assert a.entry is not None and a.entry.reference == entry["reference"] and a.entry.name == entry["name"]
+    prov = entry["provenance"]
+    assert (a.entry.reason, a.entry.legal_basis, a.entry.image_date, a.entry.approving_officer,
+            a.entry.image_source, a.entry.photos) == (prov["reason"], prov["legal_basis"], prov["image_date"],
+                                                      prov["approving_officer"], prov["image_source"], 1)
+    assert console.reference_photo(entry["id"], 0) == ((FOOTAGE / "obama.jpg").read_bytes(), "image/jpeg")
+    with pytest.raises(EvidenceGoneError, match="there is no number 1"):
+        console.reference_photo(entry["id"], 1)
+    photo = built.fleet.dir / "watchlists" / "demo" / "photos" / f"{entry['id']}-0.jpg"
+    assert photo.stat().st_mode & 0o777 == 0o600
+    photo.unlink()
+    with pytest.raises(EvidenceGoneError, match="rebuild it"):
+        console.reference_photo(entry["id"], 0)
+    assert console.alert(feed(console, built, entry_id="wl-not-listed")).entry is None
