@@ -88,6 +88,9 @@ def test_a_missing_face_and_a_failed_image_are_named(faces_json: str) -> None:
     n = len(ref["multi_face.jpg"].faces)
     with pytest.raises(agreement.DisagreementError, match=f"multi_face.jpg: {n - 1} faces on arm64, {n} on x86_64"):
         agreement.compare_runs(fewer, ref)
+    other = agreement.parse_faces(_edited(faces_json, 1, lambda d: d["model"].update(sha256="0" * 64)), "arm64")
+    with pytest.raises(agreement.DisagreementError, match=r"obama2\.jpg: embedder sha256 000000000000 on arm64"):
+        agreement.compare_runs(other, ref)
     failed = '{"image": "/x/obama2.jpg", "error": "cannot decode"}'
     with pytest.raises(agreement.FacesOutputError, match=r"arm64 faces output line 1: .*obama2\.jpg: cannot decode"):
         agreement.parse_faces(failed, "arm64")

@@ -39,6 +39,7 @@ class ImageFaces:
     """One image's faces."""
 
     name: str
+    model: str  # the embedder's sha256: both runs must use the same bytes
     faces: tuple[Face, ...]
 
 
@@ -89,7 +90,7 @@ def _image(doc: Mapping[str, Any]) -> ImageFaces:
         x1, y1, x2, y2 = (float(v) for v in f["box"])
         emb = f["embedding"]
         faces.append(Face((x1, y1, x2, y2), None if emb is None else tuple(float(v) for v in emb)))
-    return ImageFaces(PurePath(str(doc["image"])).name, tuple(faces))
+    return ImageFaces(PurePath(str(doc["image"])).name, str(doc["model"]["sha256"]), tuple(faces))
 
 
 def iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -112,6 +113,8 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
 
 def compare_image(arm: ImageFaces, ref: ImageFaces) -> list[PairAgreement]:
     """Pair each arm64 face with its best-overlapping x86_64 face; raise on the first disagreement."""
+    if arm.model != ref.model:
+        raise DisagreementError(f"{arm.name}: embedder sha256 {arm.model[:12]} on arm64, {ref.model[:12]} on x86_64")
     if len(arm.faces) != len(ref.faces):
         raise DisagreementError(f"{arm.name}: {len(arm.faces)} faces on arm64, {len(ref.faces)} on x86_64")
     pairs = []
