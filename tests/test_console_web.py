@@ -1,0 +1,192 @@
+"""The officer's console in a real browser (Debian's chromium driven by Playwright) against the real Console,
+a real mosquitto configured from the demo fleet and a real node (`edge-node run`) replaying the demo's photos.
+
+One world for the module (the node runs three times: deployment 1 needing one reviewer, deployment 2 needing
+two, then a quiet run that only takes the commands waiting for it); the tests run in file order and each
+takes up where the one before left the world. The screenshots in docs/console/ are taken here.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from consoleworld import ALERTING, PASSWORD, QUIET, ConsoleServer, NodeWorld
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mqttworld import Peer, free_port, wait_for
+
+from edge.audit import AuditLog
+from edge.demo.run import CAMERA, DEVICE
+from edge.events.ids import uuid7
+from edge.events.messages import MATCH_EVENT, SCHEMA, sign_message
+from edge.events.topics import DeviceTopics
+from edge.identity import load_identity
+from edge.trust.times import format_time, now
+from edge.vault import STORAGE_PURPOSE, EvidenceGoneError, EvidenceVault
+from provisioning.console.reviews import Standing, sign_review
+from provisioning.console.service import EvidenceGoneError as ConsoleEvidenceGone
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "docs" / "console"
+D1, D2 = "stadium-d1", "stadium-d2-two-reviewers"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run", "--disable-sync",
+               "--autoplay-policy=no-user-gesture-required"]
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed "
+                                "(/usr/bin/chromium; `scripts/bootstrap --dev` installs it)")
+
+
+@dataclass
+class Web:
+    node: NodeWorld
+    server: ConsoleServer
+    browser: Any
+    d1: list[str] = field(default_factory=list)  # event ids of deployment 1's alerts, oldest first
+    d2: list[str] = field(default_factory=list)
+    forged: list[str] = field(default_factory=list)
+
+    def login(self, name: str) -> Any:
+        """A fresh browser context (its own cookies) logged in as `name`; returns the page on the queue."""
+        ctx = self.browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+        page = ctx.new_page()
+        page.goto(f"{self.server.url}/login")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{self.server.url}/")
+        return page
+
+    def node_audit(self) -> list[Any]:
+        return list(AuditLog.in_state_dir(self.node.site.node_dir, now).entries())
+
+    def node_vault(self) -> EvidenceVault:
+        node = self.node.site.node_dir
+        return EvidenceVault.in_state_dir(node, load_identity(node).storage_key(STORAGE_PURPOSE), now)
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    from playwright.sync_api import sync_playwright
+
+    root = tmp_path_factory.mktemp("console-web")
+    node = NodeWorld.create(root)
+    server: ConsoleServer | None = None
+    try:
+        node.deploy(D1, reviewers_required=1)
+        server = ConsoleServer(node, root / "console", free_port())
+        for name, role in (("pc-4711", "reviewer"), ("pc-0815", "reviewer"), ("sgt-0042", "supervisor"),
+                           ("admin-1", "admin"), ("pc-9999", "reviewer")):
+            server.add_account(name, role)
+        server.start()
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+            try:
+                yield Web(node, server, browser)
+            finally:
+                browser.close()
+    finally:
+        if server is not None:
+            server.stop()
+        node.stop()
+
+
+def request(web: Web, method: str, path: str, body: str | None = None,
+            cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTPS request from outside any browser (no cookies unless given)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", web.server.port, context=ctx, timeout=10)
+    headers = {"content-type": "application/x-www-form-urlencoded"} if body is not None else {}
+    if cookie:
+        headers["cookie"] = cookie
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    data = resp.read() if method != "GET" or path != "/events" or resp.status != 200 else b""
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    conn.close()
+    return out
+
+
+def cookie_of(page: Any) -> str:
+    return "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+
+
+def forgeries(web: Web) -> list[bytes]:
+    """A match event signed by a key that is not the device's, and a real device signature over an event
+    whose score was changed after signing: both published on the device's own topic with its certificate."""
+    node = web.node.site.node_dir
+    identity = load_identity(node)
+    t = now()
+
+    def body() -> dict[str, Any]:
+        return {"type": MATCH_EVENT, "schema": SCHEMA, "event_id": uuid7(), "seq": 1, "device_id": DEVICE,
+                "camera_id": CAMERA, "deployment_id": D1, "ts": format_time(t), "expires": format_time(t),
+                "track_id": "t-forged", "entry_id": "WL-2026-0001", "score": 0.99, "threshold": 0.94,
+                "margin": 0.2, "model": {"id": "x", "sha256": "0" * 64}, "shard": {"id": D1, "version": 1},
+                "frames_agreeing": 4, "evidence": None, "context": None}
+
+    forged = body()
+    forged["expires"] = format_time(t.replace(year=t.year + 1))
+    tampered = {**body(), "expires": format_time(t.replace(year=t.year + 1)), "score": 0.5}
+    signed = json.loads(sign_message(tampered, identity.signing_key))
+    signed["score"] = 0.99  # after signing
+    web.forged = [forged["event_id"], tampered["event_id"]]
+    return [sign_message(forged, Ed25519PrivateKey.generate()), json.dumps(signed).encode()]
+
+
+def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: Web) -> None:
+    page = web.login("pc-4711")
+    page.wait_for_selector("#live-state.on")
+    page.evaluate("window.__notReloaded = true")
+    # forged and tampered events reach the broker first, on the device's topic with its certificate
+    tls = web.node.site.node_dir / "identity"
+    peer = Peer(web.node.broker, DEVICE, cert=(tls / "tls.crt", tls / "tls.key")).connect()
+    for payload in forgeries(web):
+        info = peer.client.publish(DeviceTopics(DEVICE).match, payload, qos=1)
+        info.wait_for_publish(10)
+    peer.close()
+    web.node.run_node(ALERTING)  # deployment 1: two alerts
+    page.wait_for_function("document.querySelectorAll('tr.alert-row').length === 2", timeout=20_000)
+    assert page.evaluate("window.__notReloaded") is True  # the rows came over the event stream
+    assert page.is_visible("#live-banner") and "New alert" in page.inner_text("#live-banner")
+    assert int(page.evaluate("document.body.dataset.beeps || '0'")) >= 1  # the audible cue was played
+    rows = page.eval_on_selector_all("tr.alert-row", "rs => rs.map(r => r.dataset.event)")
+    queue = [a.event_id for a in web.server.console.queue()]
+    assert rows == queue and len(rows) == 2  # newest first, as the console keeps them
+    web.d1 = list(reversed(rows))
+    assert not set(web.forged) & set(queue)  # never an alert
+    page.screenshot(path=str(SHOTS / "queue.png"), full_page=True)
+
+    page.click(f"tr[data-event='{web.d1[0]}'] a.button")
+    page.wait_for_url(f"**/alert/{web.d1[0]}")
+    page.wait_for_function("[...document.images].every(i => i.dataset.decoded)")
+    sizes = page.eval_on_selector_all("img", "is => is.map(i => [i.id || i.className, i.naturalWidth, i.naturalHeight])")
+    assert {s[0] for s in sizes} == {"face", "context", "reference-photo"} and all(w > 0 and h > 0 for _, w, h in sizes)
+    text = page.inner_text("main")
+    for expected in ("Barack Obama", "WL-2026-0001", D1, DEVICE, CAMERA, f"verified by {DEVICE} key",
+                     "Margin over runner-up", "left before retention deletes it", "0 of 1 required"):
+        assert expected in text, expected
+    storage = page.evaluate("""async () => ({local: localStorage.length, session: sessionStorage.length,
+        idb: (await indexedDB.databases()).length, caches: (await caches.keys()).length})""")
+    assert storage == {"local": 0, "session": 0, "idb": 0, "caches": 0}
+    page.screenshot(path=str(SHOTS / "alert.png"), full_page=True)
+    views = [(v["event_id"], v["account"]) for v in web.server.journal("view")]
+    assert (web.d1[0], "pc-4711") in views  # on the console's record: who viewed which alert
+    cookie = cookie_of(page)
+    for forged in web.forged:
+        assert request(web, "GET", f"/alert/{forged}", cookie=cookie)[0] == 404
+    assert len(web.server.journal("event-rejected")) >= 2
+
+    page.goto(f"{web.server.url}/fleet")
+    page.wait_for_selector(f"tr.device[data-device='{DEVICE}']")
+    assert "stadium-d1" in page.inner_text(f"tr.device[data-device='{DEVICE}']")
+    page.screenshot(path=str(SHOTS / "fleet.png"), full_page=True)
+    page.context.close()
