@@ -344,7 +344,8 @@ class Pipeline:
                 weigh = self.tracker.config.template  # the weight feeds only the track template
                 observations = [FaceObservation(f.detection.box, queries[i], r.entry_id,
                                                 r.score if r.entry_id is not None else 0.0,
-                                                template_weight(f.quality, gate) if weigh else 1.0)
+                                                template_weight(f.quality, gate) if weigh else 1.0,
+                                                r.margin if r.entry_id is not None else None)
                                 for i, (f, r) in enumerate(zip(embedded[:k], results, strict=True))]
                 del results  # the non-matches' scores go with it
             discarded = sum(1 for o in observations if o.entry_id is None)
@@ -356,7 +357,7 @@ class Pipeline:
             for alert in alerts:
                 draft = MatchDraft(self.settings.camera_id, m.deployment.id, alert.track_id, alert.entry_id,
                                    alert.score, decision.threshold, self.model, ShardRef(m.shard_id, m.version),
-                                   alert.frames_agreeing, alert.rule)
+                                   alert.frames_agreeing, alert.rule, alert.margin)
                 crop = encode_crop(alert.crop) if alert.crop.any() else None
                 context = encode_crop(alert.context) if alert.context.any() else None
                 alert.crop.fill(0)

@@ -57,6 +57,7 @@ class FaceObservation:
     entry_id: str | None  # the matcher's accepted entry, None for no match
     score: float  # only looked at when entry_id is set
     weight: float = 1.0  # how much it counts in its track's template (template_weight)
+    margin: float | None = None  # the score's margin over the runner-up entry (None: a one-entry list)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Alert:
     crop: np.ndarray  # CROP_SIZE x CROP_SIZE x 3 RGB, a copy the caller owns (evidence)
     context: np.ndarray  # CONTEXT_SIZE x CONTEXT_SIZE x 3 RGB from the same frame, a copy the caller owns
     rule: str = KOFN  # which rule fired: KOFN or TEMPLATE
+    margin: float | None = None  # over the runner-up entry, for the frame (or template) that gave `score`
 
 
 @dataclass
@@ -79,6 +81,7 @@ class _Track:
     window: deque[str | None]
     alerted: set[str] = field(default_factory=set)
     best: dict[str, float] = field(default_factory=dict)  # best score per entry over the track's life
+    best_margin: dict[str, float | None] = field(default_factory=dict)  # that frame's margin over the runner-up
     crop_entry: str | None = None  # whose best frame the crop slot holds
     crop_score: float = -1.0
     fused: int = 0  # gated frames summed into the template
@@ -189,13 +192,13 @@ class Tracker:
                 if entry is None or entry in track.alerted or entry not in track.best:
                     continue
                 track.alerted.add(entry)
-                out.append(self._template_alert(track, face, entry, m.score, frame, detected))
+                out.append(self._template_alert(track, face, entry, m.score, m.margin, frame, detected))
         finally:
             queries.fill(0)
         return out
 
     def _template_alert(self, track: _Track, face: FaceObservation, entry: str, score: float,
-                        frame: np.ndarray, detected: Sequence[np.ndarray]) -> Alert:
+                        margin: float | None, frame: np.ndarray, detected: Sequence[np.ndarray]) -> Alert:
         """The evidence: the crop kept for this entry's best frame if the slot holds it, else this frame's."""
         if track.crop_entry == entry:
             crop, context = self._crops[track.slot].copy(), self._contexts[track.slot].copy()
@@ -205,7 +208,7 @@ class Tracker:
                 region = self._crop_into(frame, face.box, out, span)
                 if region is not None:
                     _redact(out, region, detected, face.box)
-        return Alert(track.track_id, entry, score, track.fused, crop, context, TEMPLATE)
+        return Alert(track.track_id, entry, score, track.fused, crop, context, TEMPLATE, margin)
 
     def _keep_best(self, track: _Track, frame: np.ndarray, face: FaceObservation,
                    detected: Sequence[np.ndarray]) -> None:
@@ -213,7 +216,8 @@ class Tracker:
         an alert would be for), keeping that entry's best-scoring frame."""
         entry = face.entry_id
         assert entry is not None
-        track.best[entry] = max(track.best.get(entry, -1.0), face.score)
+        if face.score > track.best.get(entry, -1.0) or entry not in track.best:
+            track.best[entry], track.best_margin[entry] = face.score, face.margin
         votes = Counter(e for e in track.window if e is not None)
         leader = track.crop_entry
         if (entry == leader and face.score > track.crop_score) or (
@@ -237,7 +241,7 @@ class Tracker:
             crop, context = self._crops[track.slot].copy(), self._contexts[track.slot].copy()
         else:
             crop, context = np.zeros_like(self._crops[0]), np.zeros_like(self._contexts[0])
-        return Alert(track.track_id, entry, track.best[entry], count, crop, context)
+        return Alert(track.track_id, entry, track.best[entry], count, crop, context, margin=track.best_margin[entry])
 
     def _associate(self, faces: list[FaceObservation]) -> list[_Track | None]:
         """Greedy: highest IoU pairs first, then embedding similarity for what is left."""

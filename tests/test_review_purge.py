@@ -38,6 +38,8 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
     assert first.returncode == 0, first.stderr
     alerts = [json.loads(line) for line in first.stdout.splitlines()]
     assert len(alerts) == 2 and alerts[0]["context"]["base64_chars"] > 0  # face and context crops, sealed
+    # the demo list holds two entries: each alert says how far its score is above the runner-up's
+    assert all(isinstance(a["margin"], float) and 0 < a["margin"] <= a["score"] + 1 for a in alerts), alerts
     first_deployment = alerts[0]["deployment_id"]
     node = demo / "node"
     vault = EvidenceVault.in_state_dir(node, load_identity(node).storage_key(STORAGE_PURPOSE), now)
@@ -97,7 +99,7 @@ def test_review_and_purge_commands_reach_the_node_and_its_record(tmp_path: Path)
     records = [e for e in AuditLog.in_state_dir(node, now).entries()]
     review_rec = [e.data for e in records if e.kind == "review"]
     assert review_rec == [{"event_id": reviewed["event_id"], "deployment_id": reviewed["deployment_id"],
-                           "outcome": "confirmed", "reviewers": ["PC-4711", "sgt-0042"],
+                           "outcome": "confirmed", "reviewers": ["PC-4711", "sgt-0042"], "reviewers_required": 1,
                            "command_id": json.loads(r_out)["command_id"]}]
     purges = [e.data for e in records if e.kind == "purge"]
     assert [p["deployment_id"] for p in purges] == [first_deployment] and purges[0]["rows_deleted"] == 2

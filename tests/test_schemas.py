@@ -31,6 +31,7 @@ from edge.events.messages import (
     MATCH_EVENT,
     STATE,
     MatchEvent,
+    MessageFormatError,
     ModelRef,
     OutboxStats,
     SealedEvidence,
@@ -99,7 +100,7 @@ def match_event(device_key: Ed25519PrivateKey, operator_key: X25519PrivateKey | 
                        ts=T0, expires=T0 + timedelta(hours=6), track_id="t17", entry_id="wl-000042",
                        score=0.95137, threshold=0.94,
                        model=ModelRef("dlib_resnet_v1_int8", hashlib.sha256(b"model").hexdigest()),
-                       shard=ShardRef("shard-north", 3), frames_agreeing=3, evidence=evidence)
+                       shard=ShardRef("shard-north", 3), frames_agreeing=3, evidence=evidence, margin=0.031249)
     doc: Doc = json.loads(sign_message(event.to_body(), device_key))
     return doc
 
@@ -144,7 +145,8 @@ def test_schema_file_is_a_valid_draft_2020_12_schema(name: str) -> None:
     assert schema["$id"] == f"https://edge-node.invalid/schemas/{name}"
     assert schema["title"] and schema["description"]
     assert schema["additionalProperties"] is False
-    assert set(schema["required"]) == set(schema["properties"]), "every field is required"
+    optional = MatchEvent.OPTIONAL if name == "match-event.json" else frozenset()  # added after schema 1 shipped
+    assert set(schema["required"]) == set(schema["properties"]) - optional, "every other field is required"
     assert not list(_described(schema, "#")), "every property has a description"
 
 
@@ -157,7 +159,7 @@ def test_match_event_with_sealed_evidence_validates(device_key: Ed25519PrivateKe
                                                     operator_key: X25519PrivateKey) -> None:
     doc = match_event(device_key, operator_key)
     assert doc["type"] == MATCH_EVENT and doc["evidence"] is not None
-    assert set(doc) == MatchEvent.FIELDS | {"sig"}
+    assert set(doc) == MatchEvent.FIELDS | MatchEvent.OPTIONAL | {"sig"}
     assert_valid("match-event.json", doc)
     # the validated message is the real thing: it verifies, parses, and its crop opens for the operator
     body = open_message(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), MATCH_EVENT,
@@ -165,6 +167,25 @@ def test_match_event_with_sealed_evidence_validates(device_key: Ed25519PrivateKe
     event = MatchEvent.from_body(body)
     assert event.evidence is not None
     assert open_evidence(SealedEvidence.from_json(doc["evidence"]), operator_key, DEVICE, doc["event_id"])
+
+
+def test_match_event_margin_is_optional_null_or_in_range(device_key: Ed25519PrivateKey) -> None:
+    """An event from a node before `margin` (no field) validates and parses; null is a one-entry list; a margin
+    outside [0, 2] is refused by the schema and by the parser."""
+    doc = match_event(device_key, None)
+    assert doc["margin"] == 0.0312  # rounded like the score
+    old = {k: v for k, v in doc.items() if k not in ("margin", "sig")}
+    older = json.loads(sign_message(old, device_key))
+    assert_valid("match-event.json", older)
+    assert MatchEvent.from_body(old).margin is None
+    alone = {**old, "margin": None}
+    assert_valid("match-event.json", json.loads(sign_message(alone, device_key)))
+    assert MatchEvent.from_body(alone).margin is None
+    for bad in (-0.01, 2.5, "0.1", True):
+        wrong = {**old, "margin": bad}
+        assert list(validator("match-event.json").iter_errors(json.loads(sign_message(wrong, device_key))))
+        with pytest.raises(MessageFormatError, match="margin"):
+            MatchEvent.from_body(wrong)
 
 
 def test_match_event_without_evidence_validates(device_key: Ed25519PrivateKey) -> None:

@@ -120,6 +120,17 @@ def _float(doc: Mapping[str, Any], name: str) -> float:
     return float(v)
 
 
+def _margin(doc: Mapping[str, Any], name: str) -> float | None:
+    """The score's margin over the runner-up: a number in [0, 2], null when the watch list has one entry, and
+    absent in an event from a node before the field (also None)."""
+    v = doc.get(name)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 2.0:
+        raise MessageFormatError(f"{name}: expected a number in [0, 2] or null")
+    return float(v)
+
+
 def _time(doc: Mapping[str, Any], name: str) -> datetime:
     try:
         return parse_time(doc.get(name))
@@ -190,16 +201,19 @@ class MatchEvent:
     frames_agreeing: int
     evidence: SealedEvidence | None  # the face crop
     context: SealedEvidence | None = None  # a wider, smaller crop around it, for the reviewer
+    margin: float | None = None  # score minus the runner-up entry's score; None: a one-entry list (or an old node)
 
     FIELDS = frozenset({"type", "schema", "event_id", "seq", "device_id", "camera_id", "deployment_id", "ts",
                         "expires", "track_id", "entry_id", "score", "threshold", "model", "shard",
                         "frames_agreeing", "evidence", "context"})
+    OPTIONAL = frozenset({"margin"})  # added later: an event from an older node lacks it and is still valid
 
     def to_body(self) -> dict[str, Any]:
         return {"type": MATCH_EVENT, "schema": SCHEMA, "event_id": self.event_id, "seq": self.seq,
                 "device_id": self.device_id, "camera_id": self.camera_id, "deployment_id": self.deployment_id,
                 "ts": format_time(self.ts), "expires": format_time(self.expires), "track_id": self.track_id,
                 "entry_id": self.entry_id, "score": round(self.score, 4), "threshold": round(self.threshold, 4),
+                "margin": None if self.margin is None else round(self.margin, 4),
                 "model": {"id": self.model.id, "sha256": self.model.sha256},
                 "shard": {"id": self.shard.id, "version": self.shard.version},
                 "frames_agreeing": self.frames_agreeing,
@@ -208,7 +222,7 @@ class MatchEvent:
 
     @classmethod
     def from_body(cls, doc: Mapping[str, Any]) -> MatchEvent:
-        _fields(doc, set(cls.FIELDS), "match event")
+        _fields(doc, set(cls.FIELDS) | (set(cls.OPTIONAL) & set(doc)), "match event")
         if not is_uuid7(doc["event_id"]):
             raise MessageFormatError("event_id: expected a UUIDv7")
         model, shard = doc["model"], doc["shard"]
@@ -225,7 +239,8 @@ class MatchEvent:
             shard=ShardRef(_str(shard, "id"), _int(shard, "version", 1)),
             frames_agreeing=_int(doc, "frames_agreeing", 1),
             evidence=None if doc["evidence"] is None else SealedEvidence.from_json(doc["evidence"]),
-            context=None if doc["context"] is None else SealedEvidence.from_json(doc["context"]))
+            context=None if doc["context"] is None else SealedEvidence.from_json(doc["context"]),
+            margin=_margin(doc, "margin"))
 
 
 def open_match_event(data: bytes, key: Ed25519PublicKey, topic_device: str, at: datetime) -> MatchEvent:

@@ -52,6 +52,7 @@ class MatchDraft:
     shard: ShardRef
     frames_agreeing: int
     rule: str = "k_of_n"  # which tracker rule fired (edge.tracking: KOFN, TEMPLATE); audit record only
+    margin: float | None = None  # the score's margin over the runner-up entry; None: a one-entry list
 
 
 def shard_push_handler(store: ShardStore, model: ModelSpec,
@@ -206,7 +207,7 @@ class EventSigner:
                                track_id=draft.track_id, entry_id=draft.entry_id, score=draft.score,
                                threshold=draft.threshold, model=draft.model, shard=draft.shard,
                                frames_agreeing=draft.frames_agreeing, evidence=evidence,
-                               context=sealed_context)
+                               context=sealed_context, margin=draft.margin)
             return event_id, sign_message(event.to_body(), self.identity.signing_key)
 
         return event_id, expires, build

@@ -32,11 +32,12 @@ class Match:
     entry_id: str | None
     best_entry: str | None  # best-scoring entry even when rejected (never leaves the process)
     score: float
-    runner_up: float
+    runner_up: float | None  # the second best entry's score; None when the gallery holds one entry
 
     @property
-    def margin(self) -> float:
-        return self.score - self.runner_up
+    def margin(self) -> float | None:
+        """The score's margin over the runner-up (None without one: a one-entry list has no runner-up)."""
+        return None if self.runner_up is None else self.score - self.runner_up
 
     @property
     def matched(self) -> bool:
@@ -110,7 +111,7 @@ class Matcher:
     def match(self, queries: np.ndarray) -> list[Match]:
         """Top-1, runner-up and decision for each row of `queries` (k x d, unit length)."""
         if queries.shape[0] == 0 or self.gallery.size == 0:
-            return [Match(None, None, -1.0, -1.0) for _ in range(queries.shape[0])]
+            return [Match(None, None, -1.0, None) for _ in range(queries.shape[0])]
         s = self.scores(queries)
         rows = np.arange(s.shape[0])
         best = s.argmax(axis=1)
@@ -125,7 +126,7 @@ class Matcher:
             score, second = float(best_score[i]), float(runner[i])
             entry = self.gallery.entry_ids[int(best[i])]
             ok = score >= self.policy.threshold and score - second >= self.policy.min_margin
-            out.append(Match(entry if ok else None, entry, score, second))
+            out.append(Match(entry if ok else None, entry, score, second if self.gallery.size > 1 else None))
         return out
 
     def release(self) -> None:
