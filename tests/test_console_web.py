@@ -168,8 +168,10 @@ def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: We
     page.click(f"tr[data-event='{web.d1[0]}'] a.button")
     page.wait_for_url(f"**/alert/{web.d1[0]}")
     page.wait_for_function("[...document.images].every(i => i.dataset.decoded)")
-    sizes = page.eval_on_selector_all("img", "is => is.map(i => [i.id || i.className, i.naturalWidth, i.naturalHeight])")
-    assert {s[0] for s in sizes} == {"face", "context", "reference-photo"} and all(w > 0 and h > 0 for _, w, h in sizes)
+    sizes = page.eval_on_selector_all("img", "is => is.map(i => [i.id || i.className, i.naturalWidth, "
+                                      "i.naturalHeight])")
+    assert {s[0] for s in sizes} == {"face", "context", "reference-photo"}
+    assert all(w > 0 and h > 0 for _, w, h in sizes), sizes
     text = page.inner_text("main")
     for expected in ("Barack Obama", "WL-2026-0001", D1, DEVICE, CAMERA, f"verified by {DEVICE} key",
                      "Margin over runner-up", "left before retention deletes it", "0 of 1 required"):
@@ -190,3 +192,142 @@ def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: We
     assert "stadium-d1" in page.inner_text(f"tr.device[data-device='{DEVICE}']")
     page.screenshot(path=str(SHOTS / "fleet.png"), full_page=True)
     page.context.close()
+
+
+def test_every_route_and_image_refuses_the_anonymous_and_a_post_needs_the_csrf_token(web: Web) -> None:
+    event = web.d1[0]
+    for page in ("/", "/fleet", "/report", "/admin", f"/alert/{event}"):
+        code, headers, _ = request(web, "GET", page)
+        assert code == 303 and headers["location"] == "/login", page
+    for url in ("/events", "/queue/rows", f"/alert/{event}/face.jpg", f"/alert/{event}/context.jpg",
+                "/reference/WL-2026-0001/0"):
+        assert request(web, "GET", url)[0] == 401, url
+    assert request(web, "POST", f"/alert/{event}/decide", "outcome=confirmed&note=x")[0] == 401
+    assert request(web, "POST", "/logout", "")[0] == 401
+
+    code, headers, _ = request(web, "GET", "/login")
+    assert code == 200
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert "unsafe-inline" not in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store" and headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    cookie = headers["set-cookie"]
+    assert cookie.startswith("__Host-") and all(a in cookie for a in ("Secure", "HttpOnly", "SameSite=strict"))
+
+    page = web.login("pc-0815")
+    session = next(c for c in page.context.cookies() if c["name"].startswith("__Host-console-session"))
+    assert session["secure"] and session["httpOnly"] and session["sameSite"] == "Strict"
+    cookie = cookie_of(page)
+    code, headers, data = request(web, "GET", f"/alert/{event}/face.jpg", cookie=cookie)
+    assert code == 200 and data[:2] == b"\xff\xd8" and headers["cache-control"] == "no-store"
+    assert request(web, "GET", "/static/console.js")[2].startswith(b"//")  # assets need no session
+    # a state change without the session's CSRF token (or with another's) is refused, and changes nothing
+    for body in ("outcome=confirmed&note=forged", "outcome=confirmed&note=forged&csrf=not-the-token"):
+        assert request(web, "POST", f"/alert/{event}/decide", body, cookie=cookie)[0] == 403
+    assert request(web, "POST", "/logout", "", cookie=cookie)[0] == 403
+    assert web.server.console.alert(event).decisions == ()
+    # roles: a reviewer sees neither the report nor the accounts
+    assert request(web, "GET", "/report", cookie=cookie)[0] == 403
+    assert request(web, "GET", "/admin", cookie=cookie)[0] == 403
+    page.context.close()
+
+
+def decide(page: Any, url: str, event: str, outcome: str, note: str) -> None:
+    page.goto(f"{url}/alert/{event}")
+    page.fill("textarea[name=note]", note)
+    page.click(f"button[value={outcome}]")
+    page.wait_for_load_state()
+
+
+def test_confirm_and_dismiss_reach_the_node_and_a_dismissal_destroys_the_evidence(web: Web) -> None:
+    confirmed, dismissed = web.d1
+    page = web.login("pc-4711")
+    decide(page, web.server.url, confirmed, "confirmed", "same scar above the left eye")
+    assert page.text_content("#alert-status") == "confirmed"
+    decide(page, web.server.url, dismissed, "dismissed", "different person: older, no beard")
+    assert page.text_content("#alert-status") == "dismissed"
+    console = web.server.console
+    with pytest.raises(ConsoleEvidenceGone):
+        console.evidence(dismissed, "face")
+    cookie = cookie_of(page)
+    assert request(web, "GET", f"/alert/{dismissed}/face.jpg", cookie=cookie)[0] == 404
+    assert request(web, "GET", f"/alert/{confirmed}/face.jpg", cookie=cookie)[0] == 200
+    assert page.is_hidden("#decide")  # a decided alert takes no more decisions
+    # both review commands are out (the node is stopped: they wait in its session at the broker)
+    assert wait_for(lambda: all(console.alert(e).node_answer for e in web.d1), 30)
+
+    web.node.deploy(D2, reviewers_required=2)
+    page.goto(f"{web.server.url}/")
+    page.wait_for_selector("#live-state.on")
+    web.node.run_node(ALERTING)  # takes the two reviews, then raises deployment 2's two alerts
+    page.wait_for_function("document.querySelectorAll('tr.alert-row').length === 2", timeout=20_000)
+    web.d2 = list(reversed(page.eval_on_selector_all("tr.alert-row", "rs => rs.map(r => r.dataset.event)")))
+    assert not set(web.d2) & set(web.d1)
+    assert wait_for(lambda: [console.alert(e).node_answer for e in web.d1] == ["recorded", "recorded"], 30)
+    reviews = {e.data["event_id"]: e.data for e in web.node_audit() if e.kind == "review"}
+    assert reviews[confirmed]["outcome"] == "confirmed" and reviews[confirmed]["reviewers"] == ["pc-4711"]
+    assert reviews[dismissed]["outcome"] == "dismissed" and reviews[dismissed]["reviewers"] == ["pc-4711"]
+    vault = web.node_vault()
+    try:
+        for event in web.d1:  # a reviewed alert's evidence leaves the node's vault
+            with pytest.raises(EvidenceGoneError):
+                vault.read(event)
+        assert all(vault.read(e).face for e in web.d2)
+    finally:
+        vault.close()
+    page.context.close()
+
+
+def test_two_reviewers_must_agree_and_the_node_refuses_a_one_reviewer_command(web: Web) -> None:
+    two, one = web.d2
+    first = web.login("pc-4711")
+    decide(first, web.server.url, two, "confirmed", "matches the reference")
+    assert first.text_content("#alert-status") == "open" and "1 of 2 required" in first.inner_text("main")
+    decide(first, web.server.url, two, "confirmed", "again, to force it through")
+    assert "Refused" in first.inner_text("#refused")  # one account cannot be both reviewers
+    console = web.server.console
+    assert [d.reviewer for d in console.alert(two).decisions] == ["pc-4711"] and console.alert(two).outcome is None
+    second = web.login("pc-0815")
+    decide(second, web.server.url, two, "confirmed", "agree: same person")
+    assert second.text_content("#alert-status") == "confirmed"
+    # a console that sent one reviewer's review of a two-reviewer deployment: the node refuses it
+    stored = console.store.get(one)
+    lone = sign_review(console.fleet, console.review_key, stored, Standing("confirmed", ("pc-4711",)))
+    console.sender.send(lone)
+    assert wait_for(lambda: bool(console.alert(two).node_answer), 30)
+    web.node.run_node(QUIET)  # no alerts: takes the waiting commands
+    records = web.node_audit()
+    reviews = {e.data["event_id"]: e.data for e in records if e.kind == "review"}
+    assert reviews[two]["reviewers"] == ["pc-4711", "pc-0815"] and reviews[two]["outcome"] == "confirmed"
+    assert one not in reviews
+    refused = [e.data for e in records if e.kind == "command" and e.data.get("command_id") == lone.command_id]
+    assert refused and refused[0]["ok"] is False and refused[0]["code"] == "TooFewReviewersError"
+    vault = web.node_vault()
+    try:
+        assert vault.read(one).face  # the refused review deleted nothing
+    finally:
+        vault.close()
+    assert wait_for(lambda: console.alert(two).node_answer == "recorded", 30)
+    first.context.close()
+    second.context.close()
+
+
+def test_repeated_failed_logins_lock_the_account(web: Web) -> None:
+    ctx = web.browser.new_context(ignore_https_errors=True)
+    page = ctx.new_page()
+    for _ in range(5):
+        page.goto(f"{web.server.url}/login")
+        page.fill("input[name=name]", "pc-9999")
+        page.fill("input[name=password]", "not the password")
+        page.click("button[type=submit]")
+        assert "Wrong name or password" in page.inner_text("#login-error")
+    page.goto(f"{web.server.url}/login")
+    page.fill("input[name=name]", "pc-9999")
+    page.fill("input[name=password]", PASSWORD)  # the right one, too late
+    page.click("button[type=submit]")
+    assert "locked" in page.inner_text("#login-error") and page.url.endswith("/login")
+    failed = [r for r in web.server.journal("login-failed") if r.get("account") == "pc-9999"]
+    assert len(failed) == 6
+    assert ("pc-4711" in {r.get("account") for r in web.server.journal("login")})
+    ctx.close()
