@@ -99,6 +99,10 @@ def test_installed_node_verifies_models_and_runs_the_demo(release: Release) -> N
     assert Path(code_file).is_relative_to(release.venv) and not Path(code_file).is_relative_to(ROOT)
     assert Path(models_dir) == release.venv / MODELS_DATA
 
+    profile = release.run("python", "-c", "from edge.config import find_profile; print(find_profile('pi4-coral'))")
+    installed_hw = release.venv / "share" / "edge-node" / "hw"
+    assert Path(profile.stdout.strip()) == installed_hw / "pi4-coral.toml", profile.stderr
+
     verify = release.run("edge-fleet", "models", "verify")
     assert verify.returncode == 0, verify.stderr
     lines = verify.stdout.splitlines()
@@ -152,7 +156,8 @@ exec chroot "$m" sh -c '
  echo "user=$(getent passwd edge-node | cut -d: -f7)"
  echo "etc=$(stat -c %U:%G:%a /etc/edge-node)"
  echo "wants=$(ls /etc/systemd/system/multi-user.target.wants/edge-node.service \
-   /etc/systemd/system/timers.target.wants/edge-node-retention.timer 2>/dev/null | wc -l)"
+   /etc/systemd/system/timers.target.wants/edge-node-retention.timer \
+   /etc/systemd/system/multi-user.target.wants/edge-node-provision.service 2>/dev/null | wc -l)"
  /opt/edge-node/.venv/bin/edge-fleet models verify >/root/verify.out 2>&1; echo "verify=$?"
  echo "verify_ok=$(grep -c ": ok$" /root/verify.out)"
  cd /root && /opt/edge-node/.venv/bin/edge-node demo --demo-dir /root/demo 2>/dev/null >/root/events
@@ -223,7 +228,7 @@ def test_deb_install_remove_purge(deb: Path, tmp_path: Path) -> None:
     got = dict(word.split("=", 1) for line in proc.stdout.splitlines() for word in line.split() if "=" in word)
     models = len(json.loads((ROOT / "models" / "MANIFEST.json").read_text())["models"])
     assert got == {
-        "install": "0", "user": "/usr/sbin/nologin", "etc": "root:edge-node:770", "wants": "2",
+        "install": "0", "user": "/usr/sbin/nologin", "etc": "root:edge-node:770", "wants": "3",
         "verify": "0", "verify_ok": str(models), "demo": "0", "events": "2",
         "remove": "0", "after_remove_opt": "0", "state": "state", "masked": "/dev/null",
         "purge": "0", "after_purge": "0",
