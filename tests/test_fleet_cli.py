@@ -73,6 +73,31 @@ def test_build_issue_load_status_with_the_documented_examples(fleet: tuple[Path,
     assert "shard stadium-2026-12-05 v1 (2 entries" in status and "LFR-AUTH-2026-0412" in status
 
 
+def test_review_keys_and_the_deployment_record_from_the_command_line(fleet: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """`init` makes keys/review-1.pem; `key add review` and `key threshold review 2` publish roots the node takes;
+    `shard issue` says how many reviewers the deployment requires and keeps F/deployments/<id>.json."""
+    f, node = fleet
+    assert sorted(p.name for p in (f / "keys").glob("review-*.pem")) == ["review-1.pem"]
+    assert "new review key" in ok("edge-fleet", "key", "add", "review", "--fleet-dir", str(f))
+    assert (f / "keys" / "review-2.pem").exists()
+    too_many = run("edge-fleet", "key", "threshold", "review", "3", "--fleet-dir", str(f))
+    assert too_many.returncode == 2 and "between 1 and the role's 2 key(s)" in too_many.stderr
+    assert "review threshold 2; published root v3" in ok("edge-fleet", "key", "threshold", "review", "2",
+                                                         "--fleet-dir", str(f))
+    for v in (2, 3):
+        ok("edge-node", "trust", "update", str(f / "root" / f"root.{v}.json"), "--state-dir", str(node))
+    ok("edge-fleet", "watchlist", "build", str(FOOTAGE), "--meta", str(EXAMPLES / "watchlist.csv"),
+       "--name", "stadium", "--fleet-dir", str(f))
+    out = ok("edge-fleet", "shard", "issue", "--fleet-dir", str(f), "--deployment",
+             str(deploy(tmp_path, **{"retention_days = 30": "retention_days = 30\nreviewers_required = 2"})),
+             "--devices", "cam-01", "--out", str(tmp_path / "s.shard"))
+    assert "reviewers required 2" in out and "deployments/dep-2026-12-05-stadium.json" in out
+    record = json.loads((f / "deployments" / "dep-2026-12-05-stadium.json").read_text())
+    assert (record["reviewers_required"], record["retention_days"], record["watchlist"], record["shard_version"]) == (
+        2, 30, "stadium", 1)
+
+
 def test_refused_entries_name_their_reason(fleet: tuple[Path, Path], tmp_path: Path) -> None:
     f, _ = fleet
     photos = tmp_path / "photos"
