@@ -5,6 +5,7 @@ replaying the demo's photographs, and the real Console served over TLS by uvicor
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -15,19 +16,27 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import cv2
 import uvicorn
-from mqttworld import Broker, fleet_broker
+from mqttworld import Broker, Peer, fleet_broker
 
 from edge.audit import AuditLog
 from edge.demo.run import CAMERA, DEMO_PASSPHRASE, DEVICE, FOOTAGE, DemoSite, broker_ready, prepare
+from edge.events.messages import ModelRef, ShardRef
+from edge.events.service import EventSigner, MatchDraft
+from edge.events.topics import DeviceTopics
+from edge.identity import create_identity, load_identity
+from edge.tls import DeviceTLS
+from edge.trust.keys import x25519_public
 from edge.trust.times import format_time, now
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.watchlist.store import ShardStore
+from provisioning.ca import FleetCA
 from provisioning.console.app import build_app
 from provisioning.console.journal import CONSOLE_KINDS, JournalFiles
 from provisioning.console.service import Console, open_console
 from provisioning.fleet import PASSPHRASE_ENV, Fleet
-from provisioning.operators import fleet_settings
+from provisioning.operators import add_operator, fleet_settings
 from provisioning.shards import issue_shard
 
 # the listed person twice (obama2, obama3), with two unlisted photographs between so that the tracks end:
@@ -52,11 +61,15 @@ class NodeWorld:
     url: str
 
     @classmethod
-    def create(cls, root: Path) -> NodeWorld:
+    def create(cls, root: Path, operators: tuple[str, ...] = ()) -> NodeWorld:
+        """`operators`: more operator certificates besides the demo's (one per tool connected at once)."""
         site = DemoSite(root / "demo")
         os.environ[PASSPHRASE_ENV] = DEMO_PASSPHRASE  # the demo fleet's own passphrase (guards nothing real)
         prepare(site, VisionConfig(), io.StringIO())
         broker_ready(site)
+        ca = FleetCA(site.fleet_dir, DEMO_PASSPHRASE.encode())
+        for name in operators:
+            add_operator(Fleet(site.fleet_dir), ca, name, DEMO_PASSPHRASE.encode())
         broker, url = fleet_broker(site.fleet_dir, root / "broker", DEMO_PASSPHRASE)
         broker.start()
         return cls(site, broker, url)
@@ -157,3 +170,42 @@ class ConsoleServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.console.stop()
+
+
+class SimDevice:
+    """A registered device with its own identity and broker certificate that publishes signed match events
+    (crops sealed to the operator) without running a pipeline: for floods and latency, not for matching."""
+
+    def __init__(self, world: NodeWorld, device_id: str, crops: tuple[bytes, bytes]):
+        state = world.site.root / "sim" / device_id
+        if not (state / "identity" / "device.json").exists():
+            ident = create_identity(state, device_id)
+            world.fleet.add_device(device_id, ident.public(), state / "identity" / "device.json")
+            tls = DeviceTLS(state)
+            issued = state / "tls-issued.crt"
+            ca = FleetCA(world.site.fleet_dir, DEMO_PASSPHRASE.encode())
+            ca.sign_csr("device", device_id, tls.request(device_id), issued)
+            tls.install(device_id, issued.read_bytes(), ca.cert_path.read_bytes())
+        operator = x25519_public(json.loads((world.site.fleet_dir / "operators" / f"{OPERATOR}.json")
+                                            .read_text())["x25519"])
+        self.device_id = device_id
+        self.signer = EventSigner(load_identity(state), operator)
+        self.crops = crops
+        self.topic = DeviceTopics(device_id).match
+        self.peer = Peer(world.broker, device_id, cert=(state / "identity" / "tls.crt", state / "identity" / "tls.key"))
+        self.seq = 0
+
+    def event(self, deployment_id: str) -> tuple[str, bytes]:
+        draft = MatchDraft(CAMERA, deployment_id, f"t{self.seq}", "WL-2026-0001", 0.962, 0.94,
+                           ModelRef("sim", "0" * 64), ShardRef(deployment_id, 1), 4, margin=0.12)
+        _eid, _expires, build = self.signer.prepare(draft, self.crops[0], context=self.crops[1])
+        self.seq += 1
+        return build(self.seq)
+
+
+def demo_crops() -> tuple[bytes, bytes]:
+    """A face crop and a context crop cut from a demo photograph (JPEG, as a node sends them)."""
+    image = cv2.imread(str(FOOTAGE / "obama2.jpg"))
+    h, w = image.shape[:2]
+    face = image[h // 10: h // 2, w // 3: 2 * w // 3]
+    return cv2.imencode(".jpg", face)[1].tobytes(), cv2.imencode(".jpg", image)[1].tobytes()

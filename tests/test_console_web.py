@@ -115,6 +115,12 @@ def request(web: Web, method: str, path: str, body: str | None = None,
     return out
 
 
+def until(page: Any, expression: str, timeout: float = 20.0) -> bool:
+    """Polls a page expression from here (page.evaluate goes over the devtools protocol; wait_for_function would
+    eval a string inside the page, which the console's CSP rightly refuses)."""
+    return wait_for(lambda: bool(page.evaluate(expression)), timeout)
+
+
 def cookie_of(page: Any) -> str:
     return "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
 
@@ -154,7 +160,7 @@ def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: We
         info.wait_for_publish(10)
     peer.close()
     web.node.run_node(ALERTING)  # deployment 1: two alerts
-    page.wait_for_function("document.querySelectorAll('tr.alert-row').length === 2", timeout=20_000)
+    assert until(page, "document.querySelectorAll('tr.alert-row').length === 2")
     assert page.evaluate("window.__notReloaded") is True  # the rows came over the event stream
     assert page.is_visible("#live-banner") and "New alert" in page.inner_text("#live-banner")
     assert int(page.evaluate("document.body.dataset.beeps || '0'")) >= 1  # the audible cue was played
@@ -167,7 +173,7 @@ def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: We
 
     page.click(f"tr[data-event='{web.d1[0]}'] a.button")
     page.wait_for_url(f"**/alert/{web.d1[0]}")
-    page.wait_for_function("[...document.images].every(i => i.dataset.decoded)")
+    assert until(page, "[...document.images].every(i => i.dataset.decoded)")
     sizes = page.eval_on_selector_all("img", "is => is.map(i => [i.id || i.className, i.naturalWidth, "
                                       "i.naturalHeight])")
     assert {s[0] for s in sizes} == {"face", "context", "reference-photo"}
@@ -261,7 +267,7 @@ def test_confirm_and_dismiss_reach_the_node_and_a_dismissal_destroys_the_evidenc
     page.goto(f"{web.server.url}/")
     page.wait_for_selector("#live-state.on")
     web.node.run_node(ALERTING)  # takes the two reviews, then raises deployment 2's two alerts
-    page.wait_for_function("document.querySelectorAll('tr.alert-row').length === 2", timeout=20_000)
+    assert until(page, "document.querySelectorAll('tr.alert-row').length === 2")
     web.d2 = list(reversed(page.eval_on_selector_all("tr.alert-row", "rs => rs.map(r => r.dataset.event)")))
     assert not set(web.d2) & set(web.d1)
     assert wait_for(lambda: [console.alert(e).node_answer for e in web.d1] == ["recorded", "recorded"], 30)

@@ -5,6 +5,7 @@
 (function () {
   let audio = null;
   let soundOn = true;
+  const fresh = new Set();  // alerts that arrived while this page was open: highlighted until reload
 
   function beep() {
     // WebAudio, generated here: no sound file, nothing fetched. Browsers start audio only after the
@@ -46,8 +47,8 @@
         const rows = body.querySelectorAll("tr.alert-row");
         document.getElementById("open-count").textContent = String(rows.length);
         document.title = "Queue (" + rows.length + ") · edge console";
-        const row = body.querySelector('tr[data-event="' + CSS.escape(eventId) + '"]');
-        if (row) row.classList.add("new");
+        fresh.add(eventId);
+        rows.forEach(function (row) { if (fresh.has(row.dataset.event)) row.classList.add("new"); });
       });
     });
   }
