@@ -39,7 +39,7 @@ from edge.events.messages import (
 )
 from edge.events.topics import MATCH, DeviceTopics, TopicError, all_devices, split_topic
 from edge.identity import IdentityError
-from edge.trust.keys import ed25519_public
+from edge.trust.keys import ed25519_public, key_id
 from provisioning.fleet import Fleet, FleetError
 from provisioning.link import FleetClient
 
@@ -76,6 +76,7 @@ class VerifiedEvent:
     """An event that passed every check, with its crops opened (or the reason they are not)."""
 
     event: MatchEvent
+    signer: str  # key id of the device key the signature verified with
     face: Crop | None  # None: the event carries no face crop
     context: Crop | None
 
@@ -125,7 +126,8 @@ class EventTail:
                 claimed = peek_message(payload, MATCH_EVENT).get("event_id")
             except MessageError:
                 claimed = None
-            event = open_match_event(payload, self._device_key(device), device, self.clock())
+            device_key = self._device_key(device)
+            event = open_match_event(payload, device_key, device, self.clock())
         except (MessageError, TopicError) as exc:
             self.counts.rejected += 1
             return RejectedEvent(type(exc).__name__, str(exc), topic, claimed if isinstance(claimed, str) else None)
@@ -137,8 +139,12 @@ class EventTail:
         if len(self._seen) > DEDUP_MEMORY:
             self._seen.popitem(last=False)
         self.counts.printed += 1
-        return VerifiedEvent(event, self._open(event.evidence, event, "face"),
+        return VerifiedEvent(event, key_id(device_key), self._open(event.evidence, event, "face"),
                              self._open(event.context, event, "context"))
+
+    def forget(self, event: MatchEvent) -> None:
+        """An event the consumer could not keep (left unacknowledged): when it comes again it is not a duplicate."""
+        self._seen.pop(f"{event.device_id}/{event.event_id}", None)
 
     def _open(self, sealed: SealedEvidence | None, event: MatchEvent, part: str) -> Crop | None:
         if sealed is None:

@@ -22,11 +22,14 @@ from edge.events.topics import DeviceTopics
 from edge.identity import load_identity
 from edge.trust.times import now
 from edge.vault import STORAGE_PURPOSE, EvidenceGoneError, EvidenceVault
+from provisioning.console.fleetview import AuditReportError, FleetView
 from provisioning.console.service import Console, open_console
 from provisioning.console.service import EvidenceGoneError as ConsoleEvidenceGone
+from provisioning.console.store import AlertStore
 from provisioning.fleet import PASSPHRASE_ENV, Fleet
 from provisioning.link import FleetClient
 from provisioning.operators import fleet_settings
+from provisioning.reports import AuditSource
 
 PASSWORD = "a long enough password"
 
@@ -136,6 +139,7 @@ def test_reviews_reach_the_real_node_which_records_them_and_the_answers_are_reco
         second = run("--demo-dir", str(demo), "--tiles", "off", "--broker", url)
         assert second.returncode == 0, second.stderr
         sent = [json.loads(line)["event_id"] for line in second.stdout.splitlines()]
+        deployment = json.loads(second.stdout.splitlines()[0])["deployment_id"]
         assert len(sent) == 2
         assert wait_for(lambda: len(console.queue()) == 2, timeout=30)
         confirm, dismiss = sorted(sent)
@@ -173,3 +177,16 @@ def test_reviews_reach_the_real_node_which_records_them_and_the_answers_are_reco
     results = [json.loads(x)["data"] for x in (tmp_path / "console" / "audit" / "audit.jsonl").read_text().splitlines()
                if json.loads(x)["kind"] == "review-result"]
     assert sorted(r["event_id"] for r in results) == sorted(sent) and {r["answer"] for r in results} == {"recorded"}
+
+    # the deployment report: the console's decisions beside the node's verified audit log; a tampered log refused
+    store = AlertStore(tmp_path / "console", now)
+    log = node / "audit" / "audit.jsonl"
+    view = FleetView(fleet, now, [AuditSource("demo-node", log)])
+    report = view.report(store.counts())
+    assert {k: v for k, v in report[deployment].items() if k != "device_faces_seen"} == {
+        "alerts": 2, "confirmed": 1, "dismissed": 1, "unreviewed": 0,
+        "device_alerts": 2, "device_confirmed": 1, "device_dismissed": 1, "device_unreviewed": 0}
+    log.write_bytes(log.read_bytes().replace(b'"outcome":"confirmed"', b'"outcome":"dismissed"'))
+    with pytest.raises(AuditReportError, match=r"demo-node=.*audit\.jsonl: refused"):
+        view.report(store.counts())
+    store.close()

@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edge.audit import AuditError
 from edge.events.messages import AUDIT_CHECKPOINT, COMMAND_RESULT, STATE, MessageError, open_message
 from edge.events.topics import AUDIT, MATCH, TopicError, all_devices, split_topic
 from edge.events.topics import COMMAND_RESULT as RESULT_TOPIC
@@ -36,7 +37,8 @@ _KINDS = {STATE_TOPIC: STATE, AUDIT: AUDIT_CHECKPOINT, RESULT_TOPIC: COMMAND_RES
 
 
 class IngestSink(Protocol):
-    """What the ingest hands on; `alert` commits (raising StoreError leaves the event unacknowledged)."""
+    """What the ingest hands on; `alert` commits, `rejected` journals (raising StoreError or AuditError leaves the
+    event unacknowledged)."""
 
     def alert(self, verified: VerifiedEvent) -> None: ...
     def rejected(self, rejection: RejectedEvent) -> None: ...
@@ -114,10 +116,12 @@ class Ingest:
             elif isinstance(checked, RejectedEvent):
                 log.warning("event rejected on %s: %s: %s", topic, checked.flag, checked.reason)
                 self.sink.rejected(checked)
-        except StoreError as exc:
+        except (StoreError, AuditError) as exc:
+            if isinstance(checked, VerifiedEvent):
+                self.tail.forget(checked.event)  # offered again after a reconnect: then it is not a duplicate
             with self._lock:
                 self.health.store_errors += 1
-            log.error("event on %s not stored, left unacknowledged: %s", topic, exc)
+            log.error("event on %s not recorded, left unacknowledged: %s", topic, exc)
             return False
         return True
 
@@ -137,7 +141,7 @@ class Ingest:
             return
         try:
             self.sink.device_message(device_id, kind, body)
-        except StoreError as exc:
+        except (StoreError, AuditError) as exc:
             with self._lock:
                 self.health.store_errors += 1
             log.error("%s from %s not recorded: %s", kind, device_id, exc)

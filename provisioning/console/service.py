@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from edge.events.link import BrokerSettings
 from edge.events.messages import COMMAND_RESULT
-from edge.trust.keys import ed25519_public, key_id
 from edge.trust.times import now
 from edge.vault import DEFAULT_RETENTION_DAYS
 from edge.watchlist.shard import DEFAULT_REVIEWERS_REQUIRED
@@ -319,8 +318,7 @@ class Intake:
         c = self.console
         e = verified.event
         terms = c.terms(e.deployment_id)
-        device_key = ed25519_public(c.fleet.device(e.device_id).ed25519)
-        signature = f"verified by {e.device_id} key {key_id(device_key)[:16]}"
+        signature = f"verified by {e.device_id} key {verified.signer[:16]}"
         if c.store.add(verified, signature, terms.retention_days, terms.reviewers_required):
             c._notify(e.event_id)
 

@@ -283,14 +283,14 @@ class AlertStore:
 
     def set_node_answer(self, command_id: str, answer: str, replace: bool = True) -> str | None:
         """The node's answer to a review command (`replace` False: only where none is recorded yet); returns the
-        alert's event id (None: not one of ours)."""
+        alert's event id when this changed what is recorded (None: the same answer again, as the broker delivers
+        one copy per matching subscription, or not a command of ours)."""
         with self._write(f"recording the answer to command {command_id}"):
             row = self._db.execute("SELECT event_id, node_answer FROM alerts WHERE review_command_id = ?",
                                    (command_id,)).fetchone()
-            if row is None:
+            if row is None or row[1] == answer or not (replace or row[1] is None):
                 return None
-            if replace or row[1] is None:
-                self._db.execute("UPDATE alerts SET node_answer = ? WHERE event_id = ?", (answer, row[0]))
+            self._db.execute("UPDATE alerts SET node_answer = ? WHERE event_id = ?", (answer, row[0]))
             return str(row[0])
 
     # -- evidence --
