@@ -205,7 +205,7 @@ def test_every_route_and_image_refuses_the_anonymous_and_a_post_needs_the_csrf_t
     for page in ("/", "/fleet", "/report", "/admin", f"/alert/{event}"):
         code, headers, _ = request(web, "GET", page)
         assert code == 303 and headers["location"] == "/login", page
-    for url in ("/events", "/queue/rows", f"/alert/{event}/face.jpg", f"/alert/{event}/context.jpg",
+    for url in ("/events", f"/alert/{event}/face.jpg", f"/alert/{event}/context.jpg",
                 "/reference/WL-2026-0001/0"):
         assert request(web, "GET", url)[0] == 401, url
     assert request(web, "POST", f"/alert/{event}/decide", "outcome=confirmed&note=x")[0] == 401
@@ -248,6 +248,9 @@ def decide(page: Any, url: str, event: str, outcome: str, note: str) -> None:
 
 def test_confirm_and_dismiss_reach_the_node_and_a_dismissal_destroys_the_evidence(web: Web) -> None:
     confirmed, dismissed = web.d1
+    watcher = web.login("sgt-0042")  # another officer's open queue
+    watcher.wait_for_selector("#live-state.on")
+    assert until(watcher, "document.querySelectorAll('tr.alert-row').length === 2")
     page = web.login("pc-4711")
     decide(page, web.server.url, confirmed, "confirmed", "same scar above the left eye")
     assert page.text_content("#alert-status") == "confirmed"
@@ -260,6 +263,10 @@ def test_confirm_and_dismiss_reach_the_node_and_a_dismissal_destroys_the_evidenc
     assert request(web, "GET", f"/alert/{dismissed}/face.jpg", cookie=cookie)[0] == 404
     assert request(web, "GET", f"/alert/{confirmed}/face.jpg", cookie=cookie)[0] == 200
     assert page.is_hidden("#decide")  # a decided alert takes no more decisions
+    # decided alerts leave the other officer's queue without a reload
+    assert until(watcher, "document.querySelectorAll('tr.alert-row').length === 0")
+    assert "No open alerts" in watcher.inner_text("#queue-rows")
+    watcher.context.close()
     # both review commands are out (the node is stopped: they wait in its session at the broker)
     assert wait_for(lambda: all(console.alert(e).node_answer for e in web.d1), 30)
 
@@ -337,3 +344,35 @@ def test_repeated_failed_logins_lock_the_account(web: Web) -> None:
     assert len(failed) == 6
     assert ("pc-4711" in {r.get("account") for r in web.server.journal("login")})
     ctx.close()
+
+
+def test_a_session_ends_when_idle_too_long_at_its_absolute_age_and_at_logout() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from provisioning.console.sessions import NoSessionError, SessionExpiredError, SessionLimits, SessionStore
+
+    clock = [datetime(2026, 5, 2, 18, 0, tzinfo=UTC)]
+    store = SessionStore(lambda: clock[0], SessionLimits(idle=timedelta(minutes=15), absolute=timedelta(hours=10)))
+    token, session = store.create("pc-4711", "reviewer")
+    assert session.csrf and session.csrf != token and len(token) >= 43
+    for _ in range(45):  # used every 14 minutes: alive until the absolute age (10 h)
+        clock[0] += timedelta(minutes=14)
+        if clock[0] - session.created > timedelta(hours=10):
+            with pytest.raises(SessionExpiredError):
+                store.use(token)
+            break
+        assert store.use(token).account == "pc-4711"
+    else:
+        pytest.fail("the absolute timeout never ended the session")
+    with pytest.raises(NoSessionError):  # and it is gone, not merely refused once
+        store.use(token)
+    token, _ = store.create("pc-4711", "reviewer")
+    clock[0] += timedelta(minutes=15, seconds=1)
+    with pytest.raises(SessionExpiredError):
+        store.use(token)
+    token, _ = store.create("pc-0815", "reviewer")
+    assert store.end(token) is not None
+    with pytest.raises(NoSessionError):
+        store.use(token)
+    with pytest.raises(NoSessionError):
+        store.use("a-token-this-server-never-issued")

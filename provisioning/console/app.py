@@ -1,6 +1,7 @@
 """The console's web application: Starlette pages over the Console facade, served by uvicorn over TLS.
 
-Pages: login, the queue of open alerts (live over server-sent events, with a visible and an audible cue), the
+Pages: login, the queue of open alerts (live over server-sent events: each new alert's row, rendered once, and the
+ids of alerts decided; with a visible and an audible cue), the
 alert view (camera crops beside the watch-list photo, the decision form), the fleet view, the deployment
 report (supervisors, admins) and the account list (admins). Every route but /login and /static needs a
 session: pages send the anonymous to the login page, images and the event stream answer 401. Every POST
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -52,6 +55,7 @@ from provisioning.console.service import (
 from provisioning.console.sessions import COOKIE, LOGIN_COOKIE, Session, SessionError, SessionLimits, SessionStore
 
 HERE = Path(__file__).parent
+log = logging.getLogger(__name__)
 DECIDERS = frozenset({"reviewer", "supervisor"})
 REPORT_ROLES = frozenset({"supervisor", "admin"})
 HEARTBEAT_S = 15.0  # an event-stream comment this often: proxies keep the stream, the session is re-checked
@@ -95,27 +99,44 @@ def status(alert: Alert) -> str:
 
 
 class AlertFeed:
-    """Fans each new alert id from the MQTT thread out to the open event streams (one asyncio queue each)."""
+    """Fans live queue updates out to the open event streams (one asyncio queue each): a new alert's rendered
+    row (rendered once, in a worker thread, for every viewer) and the id of an alert whose outcome now stands."""
 
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[str]] = set()
+    def __init__(self, render_row: Callable[[str], str]):
+        self._render_row = render_row
+        self._queues: set[asyncio.Queue[tuple[str, str]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
     def from_thread(self, event_id: str) -> None:
-        """The Console's listener callback: hands the id to the event loop (never touches a queue here)."""
+        """The Console's listener callback (its MQTT thread): hands the id to the event loop at once."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._publish, event_id)
+            self._loop.call_soon_threadsafe(self._new_alert, event_id)
 
-    def _publish(self, event_id: str) -> None:
+    def _new_alert(self, event_id: str) -> None:
+        task = asyncio.create_task(self._render_and_publish(event_id))
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _render_and_publish(self, event_id: str) -> None:
+        try:
+            row = await run_in_threadpool(self._render_row, event_id)
+        except ConsoleError as exc:  # gone again before it was shown (dismissed, purged)
+            log.info("live queue: alert %s not shown: %s", event_id, exc)
+            return
+        self.publish("alert", json.dumps({"id": event_id, "html": row}))
+
+    def publish(self, kind: str, data: str) -> None:
+        """From the event loop: one server-sent event to every open stream (`data` holds no newline)."""
         for q in self._queues:
-            q.put_nowait(event_id)
+            q.put_nowait((kind, data))
 
     @contextlib.contextmanager
-    def subscription(self) -> Any:
-        q: asyncio.Queue[str] = asyncio.Queue()
+    def subscription(self) -> Iterator[asyncio.Queue[tuple[str, str]]]:
+        q: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queues.add(q)
         try:
             yield q
@@ -131,7 +152,7 @@ class ConsoleWeb:
         self.clock = clock
         self.settings = settings
         self.sessions = SessionStore(clock, settings.limits)
-        self.feed = AlertFeed()
+        self.feed = AlertFeed(self.render_row)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         env = self.templates.env
         env.globals["csrf_token"] = _csrf_token
@@ -217,19 +238,20 @@ class ConsoleWeb:
         self.session(request)
         return self.page(request, "queue.html", {"alerts": self.console.queue(), "recent": self.console.recent(20)})
 
-    def queue_rows(self, request: Request) -> Response:
-        """The queue's table body alone: what the page's script fetches when the stream says a new alert came."""
-        self.session(request)
-        return self.page(request, "_queue_rows.html", {"alerts": self.console.queue()})
+    def render_row(self, event_id: str) -> str:
+        """One alert's queue row as HTML on one line (what the event stream carries to every open queue)."""
+        html = self.templates.get_template("_queue_rows.html").render(alerts=[self.console.alert(event_id)],
+                                                                       now=self.clock())
+        return " ".join(line.strip() for line in html.splitlines() if line.strip())
 
     def alert(self, request: Request) -> Response:
         session = self.session(request)
         event_id = request.path_params["event_id"]
         try:
             alert = self.console.alert(event_id)
+            self.console.viewed(event_id, self.account(session))
         except UnknownAlertError:
             raise HTTPException(404, f"no alert {event_id}") from None
-        self.console.journal.record("view", account=session.account, event_id=event_id)
         return self.page(request, "alert.html", {"alert": alert, "may_decide": session.role in DECIDERS,
                                                  "message": request.query_params.get("said")})
 
@@ -241,13 +263,15 @@ class ConsoleWeb:
         if outcome not in OUTCOMES:
             raise HTTPException(400, f"outcome: {outcome!r} is not one of {', '.join(OUTCOMES)}")
         try:
-            await run_in_threadpool(self.console.decide, event_id, self.account(session), outcome, note)
+            alert = await run_in_threadpool(self.console.decide, event_id, self.account(session), outcome, note)
         except UnknownAlertError:
             raise HTTPException(404, f"no alert {event_id}") from None
         except ReviewerRoleError as exc:
             return await self._refused(request, event_id, str(exc), 403)
         except (DuplicateReviewerError, AlreadyDecidedError) as exc:
             return await self._refused(request, event_id, str(exc), 409)
+        if alert.outcome is not None:  # it leaves every open queue
+            self.feed.publish("decided", json.dumps({"id": event_id, "outcome": alert.outcome}))
         return RedirectResponse(f"/alert/{quote(event_id, safe='')}", status_code=303)
 
     async def _refused(self, request: Request, event_id: str, why: str, code: int) -> Response:
@@ -305,7 +329,7 @@ class ConsoleWeb:
             yield "retry: 3000\n\n"
             while True:
                 try:
-                    event_id = await asyncio.wait_for(q.get(), self.settings.heartbeat_s)
+                    kind, data = await asyncio.wait_for(q.get(), self.settings.heartbeat_s)
                 except TimeoutError:
                     try:
                         self.sessions.use(token)  # an open live queue is in use; logout or expiry ends it
@@ -314,7 +338,7 @@ class ConsoleWeb:
                         return
                     yield ": alive\n\n"
                     continue
-                yield f"event: alert\ndata: {event_id}\n\n"
+                yield f"event: {kind}\ndata: {data}\n\n"
 
 
 async def _checked_form(request: Request, session: Session) -> Any:
@@ -365,7 +389,6 @@ def build_app(console: Console, clock: Callable[[], datetime] = now,
         Route("/login", web.login_post, methods=["POST"]),
         Route("/logout", web.logout, methods=["POST"]),
         Route("/", web.queue, methods=["GET"]),
-        Route("/queue/rows", web.queue_rows, methods=["GET"]),
         Route("/events", web.events, methods=["GET"]),
         Route("/alert/{event_id}", web.alert, methods=["GET"]),
         Route("/alert/{event_id}/decide", web.decide, methods=["POST"]),
@@ -386,7 +409,7 @@ def build_app(console: Console, clock: Callable[[], datetime] = now,
 def _is_page(path: str) -> bool:
     """Pages (HTML for a person) as opposed to images, the event stream and fragments (for scripts)."""
     parts = path.strip("/").split("/")
-    if parts[0] == "reference" or path in ("/events", "/queue/rows"):
+    if parts[0] == "reference" or path == "/events":
         return False
     return not (parts[0] == "alert" and len(parts) > 2)
 

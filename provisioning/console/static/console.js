@@ -5,7 +5,6 @@
 (function () {
   let audio = null;
   let soundOn = true;
-  const fresh = new Set();  // alerts that arrived while this page was open: highlighted until reload
 
   function beep() {
     // WebAudio, generated here: no sound file, nothing fetched. Browsers start audio only after the
@@ -38,31 +37,52 @@
     b.hidden = false;
   }
 
-  function refreshQueue(eventId) {
-    return fetch("/queue/rows", {credentials: "same-origin", cache: "no-store"}).then(function (r) {
-      if (r.status === 401) { banner("Session ended: log in again to keep receiving alerts.", "bad"); return; }
-      return r.text().then(function (html) {
-        const body = document.getElementById("queue-rows");
-        body.innerHTML = html;
-        const rows = body.querySelectorAll("tr.alert-row");
-        document.getElementById("open-count").textContent = String(rows.length);
-        document.title = "Queue (" + rows.length + ") · edge console";
-        fresh.add(eventId);
-        rows.forEach(function (row) { if (fresh.has(row.dataset.event)) row.classList.add("new"); });
-      });
+  function counted(body) {
+    const rows = body.querySelectorAll("tr.alert-row");
+    if (rows.length === 0 && !body.querySelector("tr.empty")) {
+      body.innerHTML = '<tr class="empty"><td colspan="7">No open alerts.</td></tr>';
+    }
+    document.getElementById("open-count").textContent = String(rows.length);
+    document.title = "Queue (" + rows.length + ") · edge console";
+  }
+
+  function rowOf(body, eventId) {
+    return body.querySelector('tr[data-event="' + CSS.escape(eventId) + '"]');
+  }
+
+  function added(body, msg) {
+    // the server rendered the row (escaped by its templates); it goes in newest first by event time
+    if (rowOf(body, msg.id)) return false;
+    const holder = document.createElement("tbody");
+    holder.innerHTML = msg.html;
+    const row = holder.querySelector("tr.alert-row");
+    if (!row) return false;
+    row.classList.add("new");
+    const empty = body.querySelector("tr.empty");
+    if (empty) empty.remove();
+    const older = Array.from(body.querySelectorAll("tr.alert-row")).find(function (r) {
+      return r.dataset.time < row.dataset.time;
     });
+    body.insertBefore(row, older || null);
+    counted(body);
+    return true;
   }
 
   function live() {
     const state = document.getElementById("live-state");
+    const body = document.getElementById("queue-rows");
     const source = new EventSource("/events");
     source.onopen = function () { state.textContent = "live"; state.className = "dot on"; };
     source.onerror = function () { state.textContent = "reconnecting"; state.className = "dot off"; };
     source.addEventListener("alert", function (e) {
-      refreshQueue(e.data).then(function () {
+      if (added(body, JSON.parse(e.data))) {
         banner("New alert: review it now.", "new");
         beep();
-      });
+      }
+    });
+    source.addEventListener("decided", function (e) {
+      const row = rowOf(body, JSON.parse(e.data).id);
+      if (row) { row.remove(); counted(body); }
     });
     source.addEventListener("ended", function () {
       source.close();
