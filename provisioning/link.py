@@ -158,17 +158,23 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
     broker_said: dict[int, int] = {}
     wanted = {cid: dev for dev, (_v, cid, _e) in commands.items()}
 
-    def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        c.ack(msg.mid, msg.qos)
+    others = client.client.on_message if keep_open else None  # the running client's own handler
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         try:
             device, _ = split_topic(msg.topic)
             body = open_message(bytes(msg.payload), COMMAND_RESULT, ed25519_public(fleet.device(device).ed25519))
         except (MessageError, TopicError, FleetError, IdentityError, ValueError):
-            return  # not an answer we can trust; the device's own answer will still come
-        if body.get("command_id") in wanted and wanted[body["command_id"]] == device:
+            body = None  # not an answer we can trust; the device's own answer will still come
+        if body is not None and body.get("command_id") in wanted and wanted[body["command_id"]] == device:
+            c.ack(msg.mid, msg.qos)
             with lock:
                 answers.setdefault(body["command_id"], body)  # the first answer; a later replay answer is not it
                 lock.notify()
+        elif others is not None:
+            others(c, u, msg)  # not ours (say, a late answer to an earlier command): it takes and acks it
+        else:
+            c.ack(msg.mid, msg.qos)
 
     def on_publish(_c: mqtt.Client, _u: object, mid: int, rc: ReasonCode, _p: Properties | None) -> None:
         with lock:
