@@ -407,7 +407,7 @@ def build_app(console: Console, clock: Callable[[], datetime] = now,
 
 
 def _is_page(path: str) -> bool:
-    """Pages (HTML for a person) as opposed to images, the event stream and fragments (for scripts)."""
+    """Pages (HTML for a person) as opposed to images and the event stream (for the page itself)."""
     parts = path.strip("/").split("/")
     if parts[0] == "reference" or path == "/events":
         return False
