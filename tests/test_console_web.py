@@ -376,3 +376,20 @@ def test_a_session_ends_when_idle_too_long_at_its_absolute_age_and_at_logout() -
         store.use(token)
     with pytest.raises(NoSessionError):
         store.use("a-token-this-server-never-issued")
+
+
+def test_a_supervisor_sees_the_deployment_report_and_an_admin_the_accounts(web: Web) -> None:
+    supervisor = web.login("sgt-0042")
+    supervisor.goto(f"{web.server.url}/report")
+    cells = supervisor.eval_on_selector_all("table.report tr",
+                                            "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
+    rows = {r[0]: r[1:5] for r in cells[1:]}
+    assert rows[D1] == ["2", "1", "1", "0"] and rows[D2] == ["2", "1", "0", "1"]  # alerts, conf., dism., open
+    supervisor.context.close()
+    admin = web.login("admin-1")
+    admin.goto(f"{web.server.url}/admin")
+    listed = admin.inner_text("table.accounts")
+    assert all(name in listed for name in ("pc-4711", "pc-0815", "sgt-0042", "admin-1", "pc-9999"))
+    admin.goto(f"{web.server.url}/alert/{web.d2[1]}")
+    assert admin.is_hidden("#decide")  # an admin decides nothing
+    admin.context.close()
