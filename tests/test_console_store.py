@@ -232,6 +232,8 @@ def test_the_watch_list_entry_and_its_reference_photo(built: SmallFleet, tmp_pat
     doc = json.loads((built.fleet.dir / "watchlists" / "demo" / "entries.json").read_text())
     entry = next(e for e in doc["entries"] if e["photos"] == ["obama.jpg"])
     console = console_for(built, tmp_path, Clock(now()))
+    with pytest.raises(EvidenceGoneError, match="no alert in this console names"):
+        console.reference_photo(entry["id"], 0)  # a watch-list photo only beside an alert that names it
     event_id = feed(console, built, entry_id=entry["id"])
     a = console.alert(event_id)
     assert a.entry is not None and a.entry.reference == entry["reference"] and a.entry.name == entry["name"]

@@ -222,7 +222,10 @@ class Console:
         return data, kept.media_type
 
     def reference_photo(self, reference: str, index: int) -> tuple[bytes, str]:
-        """(bytes, media type) of a watch-list entry's reference photo (`reference`: the alert's entry id)."""
+        """(bytes, media type) of a watch-list entry's reference photo (`reference`: the alert's entry id). Only
+        beside an alert: the console shows no watch-list photo that no alert here names."""
+        if not self.store.names_entry(reference):
+            raise EvidenceGoneError(f"no alert in this console names watch-list entry {reference!r}")
         try:
             return self.references.photo(reference, index)
         except WatchListReadError as exc:

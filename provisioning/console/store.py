@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     node_answer TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_open ON alerts (outcome, event_time);
+CREATE INDEX IF NOT EXISTS alerts_entry ON alerts (entry_id);
 CREATE TABLE IF NOT EXISTS decisions (
     event_id TEXT NOT NULL REFERENCES alerts (event_id),
     reviewer TEXT NOT NULL,
@@ -240,6 +241,12 @@ class AlertStore:
                                     "ORDER BY event_time DESC, event_id DESC LIMIT ?",
                                     (-1 if limit is None else limit,)).fetchall()
             return [self._alert(r) for r in rows]
+
+    def names_entry(self, entry_id: str) -> bool:
+        """Whether any alert here names this watch-list entry."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM alerts WHERE entry_id = ? LIMIT 1", (entry_id,)).fetchone()
+            return row is not None
 
     def counts(self) -> dict[str, dict[str, int]]:
         """deployment -> alerts, confirmed, dismissed, unreviewed, from the console's own decisions."""
