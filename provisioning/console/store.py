@@ -216,12 +216,11 @@ class AlertStore:
             except VaultError as exc:
                 raise StoreError(str(exc)) from None
             until = day_start(received) + timedelta(days=retention_days)
-            margin = getattr(e, "margin", None)
             with self._write(f"storing alert {e.event_id}"):
                 self._db.execute(
                     f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES ({', '.join('?' * 22)})",
                     (e.event_id, e.device_id, e.camera_id, e.deployment_id, e.entry_id, e.track_id, e.score,
-                     e.threshold, None if margin is None else float(margin), e.frames_agreeing, e.ts.timestamp(),
+                     e.threshold, e.margin, e.frames_agreeing, e.ts.timestamp(),
                      received.timestamp(), until.timestamp(), signature, face is not None, context is not None,
                      _evidence_note(verified), None, reviewers_required, None, None, None))
         return True
