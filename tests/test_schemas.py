@@ -100,7 +100,8 @@ def match_event(device_key: Ed25519PrivateKey, operator_key: X25519PrivateKey | 
                        ts=T0, expires=T0 + timedelta(hours=6), track_id="t17", entry_id="wl-000042",
                        score=0.95137, threshold=0.94,
                        model=ModelRef("dlib_resnet_v1_int8", hashlib.sha256(b"model").hexdigest()),
-                       shard=ShardRef("shard-north", 3), frames_agreeing=3, evidence=evidence, margin=0.031249)
+                       shard=ShardRef("shard-north", 3), frames_agreeing=3, evidence=evidence, margin=0.031249,
+                       reviewers_required=2, retention_days=31)
     doc: Doc = json.loads(sign_message(event.to_body(), device_key))
     return doc
 
@@ -169,15 +170,18 @@ def test_match_event_with_sealed_evidence_validates(device_key: Ed25519PrivateKe
     assert open_evidence(SealedEvidence.from_json(doc["evidence"]), operator_key, DEVICE, doc["event_id"])
 
 
-def test_match_event_margin_is_optional_null_or_in_range(device_key: Ed25519PrivateKey) -> None:
-    """An event from a node before `margin` (no field) validates and parses; null is a one-entry list; a margin
+def test_match_event_margin_is_optional_absent_or_in_range(device_key: Ed25519PrivateKey) -> None:
+    """An event from a node before `margin` (no field) validates and parses; a one-entry list's event leaves
+    it out too, and reads back (as events tail prints it) without it; null is still read as absent; a margin
     outside [0, 2] is refused by the schema and by the parser."""
     doc = match_event(device_key, None)
     assert doc["margin"] == 0.0312  # rounded like the score
     old = {k: v for k, v in doc.items() if k not in ("margin", "sig")}
     older = json.loads(sign_message(old, device_key))
     assert_valid("match-event.json", older)
-    assert MatchEvent.from_body(old).margin is None
+    event = MatchEvent.from_body(old)
+    assert event.margin is None
+    assert "margin" not in event.to_body()  # printed as it was sent: absent, not null
     alone = {**old, "margin": None}
     assert_valid("match-event.json", json.loads(sign_message(alone, device_key)))
     assert MatchEvent.from_body(alone).margin is None
@@ -186,6 +190,44 @@ def test_match_event_margin_is_optional_null_or_in_range(device_key: Ed25519Priv
         assert list(validator("match-event.json").iter_errors(json.loads(sign_message(wrong, device_key))))
         with pytest.raises(MessageFormatError, match="margin"):
             MatchEvent.from_body(wrong)
+
+
+def test_match_event_carries_the_deployments_reviewers_and_retention(device_key: Ed25519PrivateKey) -> None:
+    """reviewers_required and retention_days travel in the signed event and read back; an event without them
+    (an older node) is valid and reads as None; out-of-range values are refused by schema and parser."""
+    doc = match_event(device_key, None)
+    assert (doc["reviewers_required"], doc["retention_days"]) == (2, 31)
+    body = {k: v for k, v in doc.items() if k != "sig"}
+    event = MatchEvent.from_body(body)
+    assert (event.reviewers_required, event.retention_days) == (2, 31)
+    assert event.to_body() == body
+    old = {k: v for k, v in body.items() if k not in ("reviewers_required", "retention_days")}
+    assert_valid("match-event.json", json.loads(sign_message(old, device_key)))
+    older = MatchEvent.from_body(old)
+    assert (older.reviewers_required, older.retention_days) == (None, None)
+    assert set(older.to_body()) == set(old)
+    for name, bad in (("reviewers_required", 0), ("reviewers_required", 3), ("reviewers_required", None),
+                      ("reviewers_required", True), ("retention_days", 0), ("retention_days", 367),
+                      ("retention_days", "30")):
+        wrong = {**body, name: bad}
+        assert list(validator("match-event.json").iter_errors(json.loads(sign_message(wrong, device_key))))
+        with pytest.raises(MessageFormatError, match=name):
+            MatchEvent.from_body(wrong)
+
+
+@pytest.mark.parametrize("media_type", ["text/html", "image/svg+xml", "application/octet-stream", "IMAGE/JPEG"])
+def test_sealed_evidence_is_a_jpeg_or_png_only(device_key: Ed25519PrivateKey, operator_key: X25519PrivateKey,
+                                               media_type: str) -> None:
+    """A device cannot make a consumer serve its crop as anything but an image: the schema and the parser
+    refuse every other media type."""
+    doc = match_event(device_key, operator_key)
+    doc["evidence"]["media_type"] = media_type
+    assert_invalid("match-event.json", doc)
+    with pytest.raises(MessageFormatError, match="media_type"):
+        MatchEvent.from_body({k: v for k, v in doc.items() if k != "sig"})
+    doc["evidence"]["media_type"] = "image/png"
+    assert_valid("match-event.json", doc)
+    assert MatchEvent.from_body({k: v for k, v in doc.items() if k != "sig"}).evidence is not None
 
 
 def test_match_event_without_evidence_validates(device_key: Ed25519PrivateKey) -> None:

@@ -20,6 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.events.ids import is_uuid7
 from edge.trust.canonical import CanonicalFormError, canonical, parse_canonical
 from edge.trust.times import TimeFormatError, format_time, parse_time
+from edge.watchlist.shard import (
+    DEFAULT_REVIEWERS_REQUIRED,
+    MAX_RETENTION_DAYS,
+    MAX_REVIEWERS_REQUIRED,
+    MIN_RETENTION_DAYS,
+)
 
 SCHEMA = 1
 MATCH_EVENT = "edge-match-event"
@@ -28,6 +34,9 @@ COMMAND_RESULT = "edge-command-result"
 AUDIT_CHECKPOINT = "edge-audit-checkpoint"
 MESSAGE_TYPES = (MATCH_EVENT, STATE, COMMAND_RESULT, AUDIT_CHECKPOINT)
 MAX_MESSAGE_BYTES = 1 << 20  # an event with its encrypted crop is ~10-60 kB
+# the only media types a sealed crop may declare: a consumer serves the opened crop with it, so a device must
+# not be able to make a console serve text/html or script (the node encodes JPEG)
+EVIDENCE_MEDIA_TYPES = ("image/jpeg", "image/png")
 
 
 class MessageError(Exception):
@@ -121,14 +130,24 @@ def _float(doc: Mapping[str, Any], name: str) -> float:
 
 
 def _margin(doc: Mapping[str, Any], name: str) -> float | None:
-    """The score's margin over the runner-up: a number in [0, 2], null when the watch list has one entry, and
-    absent in an event from a node before the field (also None)."""
+    """The score's margin over the runner-up: a number in [0, 2]; absent (None) when there is no runner-up (a
+    one-entry list) or the node predates the field. null is read as absent (nodes of one release sent it)."""
     v = doc.get(name)
     if v is None:
         return None
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 2.0:
         raise MessageFormatError(f"{name}: expected a number in [0, 2] or null")
     return float(v)
+
+
+def _optional_int(doc: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    """An optional integer field in [low, high]: None when absent (an event from a node before the field)."""
+    if name not in doc:
+        return None
+    v = doc[name]
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
+        raise MessageFormatError(f"{name}: expected an integer in {low}..{high}")
+    return v
 
 
 def _time(doc: Mapping[str, Any], name: str) -> datetime:
@@ -178,7 +197,11 @@ class SealedEvidence:
             ct = base64.b64decode(_str(doc, "ciphertext", MAX_MESSAGE_BYTES), validate=True)
         except binascii.Error:
             raise MessageFormatError("evidence.ciphertext: not base64") from None
-        return cls(_hex(doc, "recipient", 64), _str(doc, "media_type", 64), ct)
+        media_type = _str(doc, "media_type", 64)
+        if media_type not in EVIDENCE_MEDIA_TYPES:
+            raise MessageFormatError(f"evidence.media_type: {media_type[:32]!r} is not one of "
+                                     f"{', '.join(EVIDENCE_MEDIA_TYPES)}")
+        return cls(_hex(doc, "recipient", 64), media_type, ct)
 
 
 @dataclass(frozen=True)
@@ -201,24 +224,36 @@ class MatchEvent:
     frames_agreeing: int
     evidence: SealedEvidence | None  # the face crop
     context: SealedEvidence | None = None  # a wider, smaller crop around it, for the reviewer
-    margin: float | None = None  # score minus the runner-up entry's score; None: a one-entry list (or an old node)
+    margin: float | None = None  # score minus the runner-up entry's score; None: no runner-up, or an old node
+    # from the signed deployment the alert was raised under (None: an event from a node before these fields)
+    reviewers_required: int | None = None  # distinct reviewers its outcome needs (GOVERNANCE G7)
+    retention_days: int | None = None  # days its evidence is kept (the consumer's copy too)
 
     FIELDS = frozenset({"type", "schema", "event_id", "seq", "device_id", "camera_id", "deployment_id", "ts",
                         "expires", "track_id", "entry_id", "score", "threshold", "model", "shard",
                         "frames_agreeing", "evidence", "context"})
-    OPTIONAL = frozenset({"margin"})  # added later: an event from an older node lacks it and is still valid
+    # added later: an event from an older node lacks them and is still valid; to_body writes each only when
+    # it has a value, so an event read back prints as it was sent (docs/mqtt.md, "Optional fields")
+    OPTIONAL = frozenset({"margin", "reviewers_required", "retention_days"})
 
     def to_body(self) -> dict[str, Any]:
-        return {"type": MATCH_EVENT, "schema": SCHEMA, "event_id": self.event_id, "seq": self.seq,
-                "device_id": self.device_id, "camera_id": self.camera_id, "deployment_id": self.deployment_id,
-                "ts": format_time(self.ts), "expires": format_time(self.expires), "track_id": self.track_id,
-                "entry_id": self.entry_id, "score": round(self.score, 4), "threshold": round(self.threshold, 4),
-                "margin": None if self.margin is None else round(self.margin, 4),
-                "model": {"id": self.model.id, "sha256": self.model.sha256},
-                "shard": {"id": self.shard.id, "version": self.shard.version},
-                "frames_agreeing": self.frames_agreeing,
-                "evidence": None if self.evidence is None else self.evidence.to_json(),
-                "context": None if self.context is None else self.context.to_json()}
+        body: dict[str, Any] = {
+            "type": MATCH_EVENT, "schema": SCHEMA, "event_id": self.event_id, "seq": self.seq,
+            "device_id": self.device_id, "camera_id": self.camera_id, "deployment_id": self.deployment_id,
+            "ts": format_time(self.ts), "expires": format_time(self.expires), "track_id": self.track_id,
+            "entry_id": self.entry_id, "score": round(self.score, 4), "threshold": round(self.threshold, 4),
+            "model": {"id": self.model.id, "sha256": self.model.sha256},
+            "shard": {"id": self.shard.id, "version": self.shard.version},
+            "frames_agreeing": self.frames_agreeing,
+            "evidence": None if self.evidence is None else self.evidence.to_json(),
+            "context": None if self.context is None else self.context.to_json()}
+        if self.margin is not None:
+            body["margin"] = round(self.margin, 4)
+        if self.reviewers_required is not None:
+            body["reviewers_required"] = self.reviewers_required
+        if self.retention_days is not None:
+            body["retention_days"] = self.retention_days
+        return body
 
     @classmethod
     def from_body(cls, doc: Mapping[str, Any]) -> MatchEvent:
@@ -240,7 +275,10 @@ class MatchEvent:
             frames_agreeing=_int(doc, "frames_agreeing", 1),
             evidence=None if doc["evidence"] is None else SealedEvidence.from_json(doc["evidence"]),
             context=None if doc["context"] is None else SealedEvidence.from_json(doc["context"]),
-            margin=_margin(doc, "margin"))
+            margin=_margin(doc, "margin"),
+            reviewers_required=_optional_int(doc, "reviewers_required", DEFAULT_REVIEWERS_REQUIRED,
+                                             MAX_REVIEWERS_REQUIRED),
+            retention_days=_optional_int(doc, "retention_days", MIN_RETENTION_DAYS, MAX_RETENTION_DAYS))
 
 
 def open_match_event(data: bytes, key: Ed25519PublicKey, topic_device: str, at: datetime) -> MatchEvent:

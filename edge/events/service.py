@@ -53,6 +53,10 @@ class MatchDraft:
     frames_agreeing: int
     rule: str = "k_of_n"  # which tracker rule fired (edge.tracking: KOFN, TEMPLATE); audit record only
     margin: float | None = None  # the score's margin over the runner-up entry; None: a one-entry list
+    # from the signed deployment the alert is raised under, carried in the event so that the console judges it by
+    # the same figures as the node (None: not known, the event goes without them)
+    reviewers_required: int | None = None
+    retention_days: int | None = None
 
 
 def shard_push_handler(store: ShardStore, model: ModelSpec,
@@ -207,7 +211,8 @@ class EventSigner:
                                track_id=draft.track_id, entry_id=draft.entry_id, score=draft.score,
                                threshold=draft.threshold, model=draft.model, shard=draft.shard,
                                frames_agreeing=draft.frames_agreeing, evidence=evidence,
-                               context=sealed_context, margin=draft.margin)
+                               context=sealed_context, margin=draft.margin,
+                               reviewers_required=draft.reviewers_required, retention_days=draft.retention_days)
             return event_id, sign_message(event.to_body(), self.identity.signing_key)
 
         return event_id, expires, build

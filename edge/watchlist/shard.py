@@ -38,6 +38,7 @@ ENTRY_ID_BYTES = 16
 # deployment without `reviewers_required` requires one, and its manifest omits the field (docs/shard-format.md)
 DEFAULT_REVIEWERS_REQUIRED = 1
 MAX_REVIEWERS_REQUIRED = 2
+MIN_RETENTION_DAYS, MAX_RETENTION_DAYS = 1, 366  # a deployment keeps evidence at least a day, at most a year
 
 
 class ShardError(TrustError):
@@ -245,8 +246,9 @@ def parse_manifest(signed: Signed) -> ShardManifest:
         raise ShardFormatError("manifest deployment.cameras: expected unique non-empty names")
     threshold = _field(d, "threshold", (int, float), "deployment")
     retention = _field(d, "retention_days", int, "deployment")
-    if not 0 < threshold <= 1 or not 1 <= retention <= 366:
-        raise ShardFormatError("manifest deployment: threshold must be in (0, 1], retention_days in 1..366")
+    if not 0 < threshold <= 1 or not MIN_RETENTION_DAYS <= retention <= MAX_RETENTION_DAYS:
+        raise ShardFormatError("manifest deployment: threshold must be in (0, 1], retention_days in "
+                               f"{MIN_RETENTION_DAYS}..{MAX_RETENTION_DAYS}")
     deployment = Deployment(_ident(d, "id", "deployment"), _field(d, "authorisation", str, "deployment"),
                             _time(d, "start", "deployment"), _time(d, "end", "deployment"), tuple(cameras),
                             float(threshold), retention, reviewers)
