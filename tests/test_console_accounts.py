@@ -159,6 +159,39 @@ def test_a_new_password_ends_the_lockout_and_the_old_one_stops_working(tmp_path:
         accounts.authenticate("alice", PASSWORD)
 
 
+def test_a_new_password_moves_the_password_epoch_on_in_the_file(tmp_path: Path) -> None:
+    accounts = store(tmp_path, Clock())
+    assert accounts.add("alice", "reviewer", PASSWORD).password_epoch == 0
+    accounts.add("bob", "reviewer", PASSWORD)
+    accounts.disable("alice")
+    accounts.enable("alice")
+    assert accounts.get("alice").password_epoch == 0  # only a new password moves it
+    assert accounts.set_password("alice", "a brand new passphrase").password_epoch == 1
+    other = store(tmp_path, Clock())  # another process (edge-fleet console user passwd) sees the same file
+    assert other.set_password("alice", "and another passphrase").password_epoch == 2
+    assert accounts.get("alice").password_epoch == 2 and accounts.get("bob").password_epoch == 0
+    assert accounts.authenticate("alice", "and another passphrase").password_epoch == 2
+
+
+def test_an_accounts_file_from_before_the_password_epoch_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "console" / "accounts.db"
+    path.parent.mkdir()
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE accounts (name TEXT PRIMARY KEY COLLATE NOCASE, role TEXT NOT NULL, hash TEXT NOT "
+               "NULL, disabled INTEGER NOT NULL DEFAULT 0, failures INTEGER NOT NULL DEFAULT 0, locked_until TEXT, "
+               "created TEXT NOT NULL, changed TEXT NOT NULL)")
+    db.execute("INSERT INTO accounts (name, role, hash, created, changed) VALUES (?, ?, ?, ?, ?)",
+               ("alice", "reviewer", CHEAP.hash(PASSWORD), T0.isoformat(), T0.isoformat()))
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    accounts = store(tmp_path, Clock())
+    assert accounts.authenticate("alice", PASSWORD) == Account("alice", "reviewer", False, 0)
+    assert accounts.set_password("alice", "a brand new passphrase").password_epoch == 1
+
+
 def test_a_disabled_account_is_refused_and_can_be_enabled_again(tmp_path: Path) -> None:
     accounts = store(tmp_path, Clock())
     accounts.add("alice", "supervisor", PASSWORD)

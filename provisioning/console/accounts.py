@@ -7,6 +7,9 @@ account name is what the node records as the reviewer id of a review command, so
 failed logins in a row an account is locked for LOCKOUT_SECONDS, even to the right password; the count
 is kept in the file, so a restart does not reset it. A login with an unknown name is refused with the
 same error as a wrong password and after the same hashing work, so neither message nor time tells which.
+Each account has a password epoch, counted up by every new password: a session remembers the epoch it logged
+in under, and the console refuses it once the epoch has moved on (a password changed in another process ends
+the account's sessions at their next request).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ LOCKOUT_FAILURES = 5
 LOCKOUT_SECONDS = 900
 MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 1024  # a bound on the work one login asks of the hasher
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: password_epoch
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -43,9 +46,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     failures INTEGER NOT NULL DEFAULT 0,
     locked_until TEXT,
     created TEXT NOT NULL,
-    changed TEXT NOT NULL
+    changed TEXT NOT NULL,
+    password_epoch INTEGER NOT NULL DEFAULT 0
 )
 """
+_COLUMNS = "name, role, hash, disabled, failures, locked_until, password_epoch"
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Account:
     name: str
     role: str
     disabled: bool
+    password_epoch: int = 0  # counts the account's new passwords; a session from an earlier epoch is refused
 
 
 class AccountError(Exception):
@@ -147,7 +153,10 @@ class AccountStore:
                 raise AccountStoreError(f"{path}: accounts schema {version} is newer than this console's "
                                         f"({SCHEMA_VERSION})")
             with immediate(self._db, self._fail):
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]  # again, inside the lock
                 self._db.execute(_SCHEMA)
+                if version == 1:  # a file from before the password epoch: every account at epoch 0
+                    self._db.execute("ALTER TABLE accounts ADD COLUMN password_epoch INTEGER NOT NULL DEFAULT 0")
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise self._fail(exc) from None
@@ -166,21 +175,21 @@ class AccountStore:
             return None
         with self._lock:
             try:
-                r = self._db.execute("SELECT name, role, hash, disabled, failures, locked_until FROM accounts "
-                                     "WHERE name = ?", (name,)).fetchone()
+                r = self._db.execute(f"SELECT {_COLUMNS} FROM accounts WHERE name = ?", (name,)).fetchone()
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
         return None if r is None else self._parse(r)
 
     def _parse(self, r: tuple[object, ...]) -> _Row:
-        name, role, hash_, disabled, failures, locked = r
-        if role not in ROLES or not isinstance(hash_, str) or not isinstance(failures, int):
+        name, role, hash_, disabled, failures, locked, epoch = r
+        if role not in ROLES or not isinstance(hash_, str) or not isinstance(failures, int) \
+                or not isinstance(epoch, int):
             raise AccountStoreError(f"{self.path}: account {name!r}: damaged record")
         try:
             until = None if locked is None else datetime.fromisoformat(str(locked))
         except ValueError:
             raise AccountStoreError(f"{self.path}: account {name!r}: locked_until {locked!r} is not a time") from None
-        return _Row(Account(str(name), str(role), bool(disabled)), hash_, failures, until)
+        return _Row(Account(str(name), str(role), bool(disabled), epoch), hash_, failures, until)
 
     def get(self, name: str) -> Account:
         row = self._row(name)
@@ -192,8 +201,7 @@ class AccountStore:
         """Every account, by name."""
         with self._lock:
             try:
-                rows = self._db.execute("SELECT name, role, hash, disabled, failures, locked_until FROM accounts "
-                                        "ORDER BY name").fetchall()
+                rows = self._db.execute(f"SELECT {_COLUMNS} FROM accounts ORDER BY name").fetchall()
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
         return [self._parse(r).account for r in rows]
@@ -236,11 +244,13 @@ class AccountStore:
                             (self.clock().isoformat(), name))
 
     def set_password(self, name: str, password: str) -> Account:
-        """A new password; also ends a lockout (the administrator vouches for the account)."""
+        """A new password; also ends a lockout (the administrator vouches for the account) and, by moving the
+        password epoch on, every session the account has open."""
         self.get(name)
         hashed = self._hasher.hash(check_password(name, password))
-        return self._update(name, "UPDATE accounts SET hash = ?, failures = 0, locked_until = NULL, changed = ? "
-                            "WHERE name = ?", (hashed, self.clock().isoformat(), name))
+        return self._update(name, "UPDATE accounts SET hash = ?, failures = 0, locked_until = NULL, changed = ?, "
+                            "password_epoch = password_epoch + 1 WHERE name = ?",
+                            (hashed, self.clock().isoformat(), name))
 
     # login
 
