@@ -52,18 +52,23 @@ class AlertFacts(Protocol):
     def shard(self) -> ShardRef: ...
     @property
     def frames_agreeing(self) -> int: ...
+    @property
+    def reviewers_required(self) -> int | None: ...
 
 
 def alert_record(event_id: str, facts: AlertFacts, evidence_kept: bool, recovered: bool = False,
                  rule: str | None = None) -> dict[str, Any]:
     """The audit `alert` record (ids and score only, never an image). `recovered`: written at start for an
     event a crash left committed but unrecorded. `rule`: which tracker rule fired (the signed event does not
-    carry it, so a recovered record has none)."""
+    carry it, so a recovered record has none). `reviewers_required`: what the alert's deployment required when
+    it was raised, the figure its review is judged by (edge.reviews); absent only when not known."""
     record: dict[str, Any] = {
         "evidence_kept": evidence_kept, "event_id": event_id, "entry_id": facts.entry_id,
         "score": round(facts.score, 4), "threshold": facts.threshold, "track_id": facts.track_id,
         "camera_id": facts.camera_id, "deployment_id": facts.deployment_id,
         "shard": {"id": facts.shard.id, "version": facts.shard.version}, "frames_agreeing": facts.frames_agreeing}
+    if facts.reviewers_required is not None:
+        record["reviewers_required"] = facts.reviewers_required
     if rule is not None:
         record["rule"] = rule
     if recovered:
@@ -86,6 +91,7 @@ class AuditedSink:
 
     def __init__(self, sink: HoldingSink, audit: AuditLog, vault: EvidenceVault | None = None,
                  retention_days: Callable[[str], int] = lambda _dep: DEFAULT_RETENTION_DAYS):
+        """`retention_days`: for a draft that does not carry its deployment's figure."""
         self.sink = sink
         self.audit = audit
         self.vault = vault
@@ -96,9 +102,10 @@ class AuditedSink:
         held = self.sink.hold(draft, crop, media_type, context)
         kept = False
         if self.vault is not None and (crop is not None or context is not None):
+            retention = (self.retention_days(draft.deployment_id) if draft.retention_days is None
+                         else draft.retention_days)  # the event says the same figure to the console
             try:
-                self.vault.store(held.event_id, draft.deployment_id, self.retention_days(draft.deployment_id), crop,
-                                 context, media_type)
+                self.vault.store(held.event_id, draft.deployment_id, retention, crop, context, media_type)
                 kept = True
             except VaultError as exc:  # the event carries its sealed crops; only the node's copy is missing
                 log.error("evidence of event %s was not kept: %s", held.event_id, exc)
@@ -177,7 +184,7 @@ def recover_held_alerts(outbox: Outbox, audit: AuditLog, effectiveness: Effectiv
                 withdrawn.append(item.event_id)
                 continue
             audit.append("alert", alert_record(event.event_id, event, event.event_id in kept, recovered=True))
-            effectiveness.alert(event.deployment_id, event.event_id)
+            effectiveness.alert(event.deployment_id, event.event_id, event.reviewers_required)
             recorded.append(event.event_id)
         else:
             released.append(item.event_id)

@@ -134,6 +134,15 @@ class UnknownAlertError(Exception):
 
 
 @dataclass(frozen=True)
+class RaisedAlert:
+    """What a review of an alert is judged by: the deployment it was raised under and the distinct reviewers
+    that deployment required then (None: its record predates the figure)."""
+
+    deployment_id: str
+    reviewers_required: int | None
+
+
+@dataclass(frozen=True)
 class Tally:
     """One deployment's effectiveness figures (GOVERNANCE G11): counts only, never a face."""
 
@@ -156,12 +165,15 @@ class Effectiveness:
 
     Alerts and reviews are rebuilt exactly from the audit log at start (each has its own record); faces
     seen from the last `effectiveness` record, written with every checkpoint, so a crash loses at most the
-    faces counted since then. A second review of the same alert replaces the first."""
+    faces counted since then. A second review of the same alert replaces the first. Each alert also keeps the
+    reviewers its deployment required when it was raised (in its `alert` record), so a later shard of that
+    deployment, or a pruned `shard-accepted` record, does not change how its review is judged."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._faces: dict[str, int] = {}
         self._alerts: dict[str, str] = {}  # event id -> deployment id
+        self._required: dict[str, int] = {}  # event id -> reviewers required when it was raised
         self._outcomes: dict[str, str] = {}  # event id -> confirmed | dismissed
 
     def seen(self, deployment_id: str, faces: int) -> None:
@@ -169,9 +181,11 @@ class Effectiveness:
             with self._lock:
                 self._faces[deployment_id] = self._faces.get(deployment_id, 0) + faces
 
-    def alert(self, deployment_id: str, event_id: str) -> None:
+    def alert(self, deployment_id: str, event_id: str, reviewers_required: int | None = None) -> None:
         with self._lock:
             self._alerts[event_id] = deployment_id
+            if reviewers_required is not None:
+                self._required[event_id] = reviewers_required
 
     def alerted(self, event_id: str) -> bool:
         with self._lock:
@@ -179,11 +193,17 @@ class Effectiveness:
 
     def deployment_of(self, event_id: str) -> str:
         """The deployment an alert was raised under (UnknownAlertError if this node raised no such alert)."""
+        return self.raised(event_id).deployment_id
+
+    def raised(self, event_id: str) -> RaisedAlert:
+        """The deployment an alert was raised under and what it required (UnknownAlertError if this node
+        raised no such alert)."""
         with self._lock:
             deployment_id = self._alerts.get(event_id)
+            required = self._required.get(event_id)
         if deployment_id is None:
             raise UnknownAlertError(f"event {event_id}: this node raised no alert with that id")
-        return deployment_id
+        return RaisedAlert(deployment_id, required)
 
     def review(self, event_id: str, outcome: str) -> str:
         """Record an outcome; returns the alert's deployment id."""
@@ -212,7 +232,9 @@ class Effectiveness:
     def restore(self, entries: Iterable[AuditEntry]) -> None:
         for e in entries:
             if e.kind == "alert":
-                self.alert(str(e.data["deployment_id"]), str(e.data["event_id"]))
+                required = e.data.get("reviewers_required")  # absent in a record from before the field
+                self.alert(str(e.data["deployment_id"]), str(e.data["event_id"]),
+                           None if required is None else int(required))
             elif e.kind == "review" and e.data.get("event_id") in self._alerts:
                 self.review(str(e.data["event_id"]), str(e.data["outcome"]))
             elif e.kind == "effectiveness":

@@ -232,19 +232,25 @@ class Node:
         return {"deployment_id": cmd.args["deployment_id"], "keys_destroyed": len(report.keys_destroyed),
                 "rows_deleted": report.rows_deleted}
 
+    def _check_review(self, cmd: Command) -> int:
+        """A review names an alert of this node and enough distinct reviewers for it (the figure the alert was
+        raised with: TooFewReviewersError); returns that figure. Run before the command id is remembered, so
+        a refused review leaves no trace but its `command` record."""
+        try:
+            alert = self.effectiveness.raised(cmd.args["event_id"])
+        except UnknownAlertError as exc:
+            raise CommandFailedError(str(exc)) from None
+        return self.quorum.check(alert, list(cmd.args["reviewers"]))
+
     def _review_command(self, cmd: Command) -> dict[str, Any]:
         """review (from the operator console): record the human decision, count it, drop the node's copy of
         the evidence. Recorded before the evidence goes, so a crash in between loses nothing on the record.
-        A review naming fewer distinct reviewers than the alert's deployment requires is refused first
-        (TooFewReviewersError): nothing recorded as a review, the evidence kept."""
+        A review naming fewer distinct reviewers than the alert requires is refused first (`_check_review`):
+        nothing recorded as a review, the evidence kept."""
         assert self.vault is not None and self.audit is not None
         event_id, outcome, reviewers = cmd.args["event_id"], cmd.args["outcome"], list(cmd.args["reviewers"])
-        try:
-            deployment_id = self.effectiveness.deployment_of(event_id)
-        except UnknownAlertError as exc:
-            raise CommandFailedError(str(exc)) from None
-        required = self.quorum.check(deployment_id, reviewers)
-        self.effectiveness.review(event_id, outcome)
+        required = self._check_review(cmd)
+        deployment_id = self.effectiveness.review(event_id, outcome)
         self.audit.append("review", {"event_id": event_id, "deployment_id": deployment_id, "outcome": outcome,
                                      "reviewers": reviewers, "reviewers_required": required,
                                      "command_id": cmd.command_id})
@@ -335,7 +341,7 @@ class Node:
                                        store.trusted_root, handlers,
                                        event_ttl=timedelta(hours=cfg.mqtt.event_ttl_hours),
                                        state_detail=self.state_detail, state_every=cfg.mqtt.state_every_s,
-                                       record=self._record_command)
+                                       record=self._record_command, checks={"review": self._check_review})
             sink = PrintSink(self.events.signer, self.out, self.events) if self.print_events else self.events
             self._recover_held(identity)  # before the link starts: nothing leaves unrecorded
         else:

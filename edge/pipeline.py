@@ -357,14 +357,16 @@ class Pipeline:
             for alert in alerts:
                 draft = MatchDraft(self.settings.camera_id, m.deployment.id, alert.track_id, alert.entry_id,
                                    alert.score, decision.threshold, self.model, ShardRef(m.shard_id, m.version),
-                                   alert.frames_agreeing, alert.rule, alert.margin)
+                                   alert.frames_agreeing, alert.rule, alert.margin,
+                                   reviewers_required=m.deployment.reviewers_required,
+                                   retention_days=m.deployment.retention_days)
                 crop = encode_crop(alert.crop) if alert.crop.any() else None
                 context = encode_crop(alert.context) if alert.context.any() else None
                 alert.crop.fill(0)
                 alert.context.fill(0)
                 event_id = self.sink.emit(draft, crop, context=context)
                 self.counters.add(alerts=1)
-                self.effectiveness.alert(m.deployment.id, event_id)
+                self.effectiveness.alert(m.deployment.id, event_id, m.deployment.reviewers_required)
         finally:
             matcher.release()
             self.analyzer.release()

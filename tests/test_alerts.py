@@ -3,6 +3,8 @@ before it is released, held when it cannot be recorded, and held rows a crash le
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,10 @@ from shardworld import World, make_world
 
 from edge.alerts import AuditedSink, recover_held_alerts
 from edge.audit import AuditError, AuditLog
-from edge.deployment import Effectiveness
-from edge.events.messages import ModelRef, ShardRef
+from edge.deployment import Effectiveness, RaisedAlert
+from edge.events.messages import MATCH_EVENT, MatchEvent, ModelRef, ShardRef, open_message
 from edge.events.outbox import Outbox
-from edge.events.service import EventService, EventSigner, MatchDraft
+from edge.events.service import EventService, EventSigner, HeldEvent, MatchDraft
 from edge.events.topics import DeviceTopics
 from edge.trust.times import now
 from edge.vault import EvidenceVault
@@ -102,3 +104,56 @@ def test_held_rows_a_crash_left_are_recorded_released_or_withdrawn(world: World)
     again = recover_held_alerts(outbox, audit, counts, TOPICS.match, world.device.signing_key.public_key(), set())
     assert again.recorded == again.released == again.withdrawn == () and len(list(audit.entries())) == before + 3
     outbox.close()
+
+
+def test_the_deployments_figures_travel_with_the_alert(world: World) -> None:
+    """A draft raised under a deployment requiring two reviewers and keeping evidence 7 days: the signed event
+    carries both (the console judges and keeps it by them), the `alert` record carries reviewers_required (the
+    node's review check restores it from there), and the vault keeps the crops 7 days, not the default. A held
+    row a crash left is recorded with the event's own figure."""
+    clock = {"now": now()}
+
+    def at() -> datetime:
+        return clock["now"]
+
+    outbox = Outbox(world.tmp / "outbox.db", world.device.storage_key("outbox"))
+    audit = AuditLog(world.tmp / "audit.jsonl", at)
+    vault = EvidenceVault(world.tmp / "vault.db", world.device.storage_key("vault"), at)
+    signer = EventSigner(world.device, None)
+    under = replace(draft(1), reviewers_required=2, retention_days=7)
+
+    class Holding:
+        def hold(self, d: MatchDraft, crop: bytes | None, media_type: str = "image/jpeg",
+                 context: bytes | None = None) -> HeldEvent:
+            event_id, expires, build = signer.prepare(d, crop, media_type, context)
+            seq = outbox.enqueue(TOPICS.match, expires.timestamp(), build, hold=True)
+            (item,) = [i for i in outbox.held() if i.seq == seq]
+            return HeldEvent(event_id, seq, item.payload)
+
+        def release(self, held: HeldEvent) -> None:
+            assert held.seq is not None
+            outbox.release(held.seq)
+
+    try:
+        event_id = AuditedSink(Holding(), audit, vault).emit(under, FACE)
+        (item,) = outbox.next_batch(0, 10)
+        event = MatchEvent.from_body(open_message(item.payload, MATCH_EVENT, world.device.signing_key.public_key()))
+        assert (event.reviewers_required, event.retention_days) == (2, 7)
+        (record,) = [e.data for e in audit.entries() if e.kind == "alert"]
+        assert record["reviewers_required"] == 2
+        counts = Effectiveness()
+        counts.restore(audit.entries())
+        assert counts.raised(event_id) == RaisedAlert("dep-test", 2)
+        clock["now"] = now() + timedelta(days=8)  # past 7 days of retention, well inside the default 30
+        vault.purge()
+        assert event_id not in vault.event_ids()
+
+        crashed, expires, build = signer.prepare(replace(draft(2), reviewers_required=2, retention_days=7), None)
+        outbox.enqueue(TOPICS.match, expires.timestamp(), build, hold=True)
+        got = recover_held_alerts(outbox, audit, counts, TOPICS.match, world.device.signing_key.public_key(), set())
+        assert got.recorded == (crashed,)
+        assert [e.data for e in audit.entries() if e.kind == "alert"][-1]["reviewers_required"] == 2
+        assert counts.raised(crashed) == RaisedAlert("dep-test", 2)
+    finally:
+        outbox.close()
+        vault.close()

@@ -16,6 +16,7 @@ from shardworld import World, make_world
 from edge.events.commands import (
     CLOCK_SKEW,
     MAX_VALIDITY,
+    Check,
     Command,
     CommandError,
     CommandExpiredError,
@@ -30,6 +31,8 @@ from edge.events.commands import (
     CommandVerifier,
     Handler,
     SeenCommands,
+    TooFewReviewersError,
+    check_args,
     command_body,
     shard_push_args,
 )
@@ -380,13 +383,13 @@ def test_a_damaged_replay_memory_is_a_command_failure(world: World, content: byt
 
 # -- CommandService: answers through the outbox, journals without args --
 class Rig:
-    def __init__(self, world: World, handlers: Mapping[str, Handler]):
+    def __init__(self, world: World, handlers: Mapping[str, Handler], checks: Mapping[str, Check] | None = None):
         self.world = world
         self.state = world.tmp / "node"
         self.outbox = Outbox(world.tmp / "outbox.db", world.device.storage_key("outbox"))
         self.notified = 0
         self.service = CommandService(world.device, self.state, world.store.trusted_root, handlers, self.outbox,
-                                      TOPICS.command_result, clock=lambda: AT, notify=self.notify)
+                                      TOPICS.command_result, clock=lambda: AT, notify=self.notify, checks=checks)
 
     def notify(self) -> None:
         self.notified += 1
@@ -467,6 +470,51 @@ def test_a_failing_handler_is_answered_and_still_runs_at_most_once(world: World)
         (False, "CommandFailedError", b["command_id"]), (False, "CommandReplayError", b["command_id"])]
     assert res[0]["reason"] == "disk full"
     assert [json.loads(line)["code"] for line in rig.journal()] == ["CommandFailedError", "CommandReplayError"]
+
+
+def test_a_command_its_check_refuses_is_answered_and_not_remembered(world: World) -> None:
+    """A verb's check (the node's review quorum) runs before the id goes into the replay memory: the refusal is
+    answered and journaled, the handler never runs, and the same command sent again is judged again (refused
+    the same way while the check fails, taken once it passes), never answered as a replay."""
+    quorum = {"met": False}
+    ran: list[str] = []
+
+    def check(cmd: Command) -> None:
+        if not quorum["met"]:
+            raise TooFewReviewersError("deployment dep-test requires 2 distinct reviewers for this alert; the "
+                                       "review names 1")
+
+    def review(cmd: Command) -> Mapping[str, Any]:
+        ran.append(cmd.command_id)
+        return {"outcome": cmd.args["outcome"]}
+
+    rig = Rig(world, {"review": review}, {"review": check})
+    cid, data = sign_command(world.fleet, "cam-01", "review", {"event_id": uuid7(), "outcome": "confirmed",
+                                                               "reviewers": ["PC-4711"]}, issued=AT)
+    first = rig.service.handle(TOPICS.command("review"), data)
+    second = rig.service.handle(TOPICS.command("review"), data)
+    assert [(o.ok, o.code, o.command_id) for o in (first, second)] == [(False, "TooFewReviewersError", cid)] * 2
+    assert ran == [] and rig.service.seen.load(AT) == {}
+    quorum["met"] = True
+    assert rig.service.handle(TOPICS.command("review"), data).ok
+    assert ran == [cid] and list(rig.service.seen.load(AT)) == [cid]
+    assert rig.service.handle(TOPICS.command("review"), data).code == "CommandReplayError"
+    assert [json.loads(line)["code"] for line in rig.journal()] == [
+        "TooFewReviewersError", "TooFewReviewersError", "ok", "CommandReplayError"]
+
+
+@pytest.mark.parametrize("reviewers", [["alice", "ALICE"], ["PC-4711", "pc-4711", "sgt"]])
+def test_a_review_naming_one_reviewer_twice_in_another_case_is_refused(world: World, reviewers: list[str]) -> None:
+    """Reviewer ids are distinct in any case (console account names are): "alice" and "ALICE" are one person,
+    so they cannot make up a two-reviewer quorum; the builder and the device both refuse the list."""
+    args = {"event_id": uuid7(), "outcome": "confirmed", "reviewers": reviewers}
+    with pytest.raises(CommandFormatError, match="distinct in any case"):
+        check_args("review", args)
+    b = body("review", {**args, "reviewers": ["alice"]})
+    b["args"] = args  # a fleet signing whatever it likes
+    with pytest.raises(CommandFormatError, match="reviewers"):
+        verifier(world).verify(TOPICS.command("review"), sign_document(b, [world.fleet.read_key(
+            world.fleet.key_files("review")[0])]), AT)
 
 
 def test_a_verb_without_a_handler_is_unsupported(world: World) -> None:

@@ -1,9 +1,10 @@
 """A deployment that requires two reviewers (`reviewers_required = 2` in deploy.toml, carried in the signed
 shard), enforced by the real node (`edge.node.Node`, real models on real footage, real mosquitto): a review
 naming one reviewer is refused with TooFewReviewersError on cmd-result, nothing is recorded as a review and the
-evidence stays; a review signed by a command key is refused (ReviewRoleError); after a restart under another
-deployment that requires one reviewer, the alert is still judged by its own deployment's rule; two reviewers
-are recorded and the evidence goes."""
+evidence stays, and the same command sent again is refused again (not a replay); a review signed by a command
+key is refused (ReviewRoleError); after a restart with the same deployment re-issued to require one reviewer,
+the alert is still judged by the figure it was raised with (in its `alert` record); two reviewers are recorded
+and the evidence goes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from test_fleet_cli import EXAMPLES, FOOTAGE, deploy, ok
 
 from edge.audit import AuditEntry, AuditLog
 from edge.config import CameraConfig, MqttConfig, NodeConfig, TrackingConfig
+from edge.deployment import Effectiveness, RaisedAlert
 from edge.events.commands import TooFewReviewersError, command_body
 from edge.reviews import ReviewQuorum
 from edge.trust.root import sign_document
@@ -68,7 +70,7 @@ def records(entries: list[AuditEntry], kind: str) -> list[dict[str, Any]]:
     return [dict(e.data) for e in entries if e.kind == kind]
 
 
-def test_two_reviewers_required_survives_a_restart_under_another_deployment(
+def test_two_reviewers_required_survives_a_restart_and_a_downgrade_of_the_deployment(
         site: Site, tmp_path: Path) -> None:  # noqa: F811 - the fixture
     ok("edge-fleet", "watchlist", "build", str(FOOTAGE), "--meta", str(EXAMPLES / "watchlist.csv"),
        "--name", "stadium", "--fleet-dir", str(site.fleet))
@@ -83,9 +85,13 @@ def test_two_reviewers_required_survives_a_restart_under_another_deployment(
         assert r.node.audit is not None and r.node.vault is not None
         alert = records(list(r.node.audit.entries()), "alert")[0]
         event_id, first_deployment = alert["event_id"], alert["deployment_id"]
-        refused = send(site, "review", {"event_id": event_id, **single})
+        assert alert["reviewers_required"] == 2  # the figure travels with the alert
+        envelope = sign_command(Fleet(site.fleet), "cam-01", "review", {"event_id": event_id, **single})
+        refused = send(site, "review", {}, envelope)
         assert (refused.ok, refused.code) == (False, "TooFewReviewersError")
         assert "requires 2 distinct reviewers" in refused.reason and "names 1" in refused.reason
+        again = send(site, "review", {}, envelope)  # not remembered as seen: refused again, not a replay
+        assert (again.ok, again.code) == (False, "TooFewReviewersError")
         # a command key's review is refused by role before anything else is looked at
         command_key = Fleet(site.fleet).read_key(site.fleet / "keys" / "command-1.pem")
         body = command_body("acme", "cam-01", "review", {"event_id": event_id, **pair}, now(), timedelta(hours=1))
@@ -93,15 +99,17 @@ def test_two_reviewers_required_survives_a_restart_under_another_deployment(
         assert (wrong.ok, wrong.code) == (False, "ReviewRoleError")
         entries = list(r.node.audit.entries())
         assert records(entries, "review") == []  # nothing on the record as a review
-        assert [c["code"] for c in records(entries, "command")] == ["TooFewReviewersError", "ReviewRoleError"]
+        assert [c["code"] for c in records(entries, "command")] == [
+            "TooFewReviewersError", "TooFewReviewersError", "ReviewRoleError"]
         assert event_id in r.node.vault.event_ids()  # the evidence is kept
 
-    # another deployment, one reviewer, is in force after the restart: the alert keeps its own rule
-    issue(site, tmp_path, "one", **{"dep-2026-12-05-stadium": "dep-2026-12-06-arena"})
+    # the same deployment re-issued to require one reviewer is in force after the restart: the waiting alert
+    # keeps the figure it was raised with
+    issue(site, tmp_path, "one")
     with running(config) as r:
         assert wait_for(lambda: r.node.ready.is_set(), timeout=180)
         current = r.node.watchlist.current(now())
-        assert current is not None and current.manifest.deployment.id == "dep-2026-12-06-arena"
+        assert current is not None and current.manifest.deployment.id == first_deployment
         assert current.manifest.deployment.reviewers_required == 1
         again = send(site, "review", {"event_id": event_id, **single})
         assert (again.ok, again.code) == (False, "TooFewReviewersError")
@@ -120,7 +128,7 @@ def test_two_reviewers_required_survives_a_restart_under_another_deployment(
 def test_the_quorum_is_rebuilt_from_the_audit_log(tmp_path: Path) -> None:
     """What each accepted deployment required comes back from the node's own log (a later shard of a deployment
     replaces the figure; a record written before the field existed means one); a deployment the log no longer
-    names is judged at the strictest figure."""
+    names is judged at the strictest figure. These figures judge only alerts whose record lacks its own."""
     log = AuditLog(tmp_path / "audit.jsonl", now)
     log.append("shard-accepted", {"deployment_id": "dep-old", "shard_id": "s", "version": 1})  # before the field
     log.append("shard-accepted", {"deployment_id": "dep-two", "shard_id": "s", "version": 2, "reviewers_required": 2})
@@ -130,7 +138,39 @@ def test_the_quorum_is_rebuilt_from_the_audit_log(tmp_path: Path) -> None:
     quorum.restore(log.entries())
     assert [quorum.required(d) for d in ("dep-old", "dep-two", "dep-one", "dep-pruned")] == [
         1, 2, 1, MAX_REVIEWERS_REQUIRED]
-    assert quorum.check("dep-one", ["PC-4711"]) == 1
+    assert quorum.check(RaisedAlert("dep-one", None), ["PC-4711"]) == 1
     with pytest.raises(TooFewReviewersError, match="dep-two requires 2"):
-        quorum.check("dep-two", ["PC-4711"])
-    assert quorum.check("dep-two", ["PC-4711", "sgt-0042"]) == 2
+        quorum.check(RaisedAlert("dep-two", None), ["PC-4711"])
+    assert quorum.check(RaisedAlert("dep-two", None), ["PC-4711", "sgt-0042"]) == 2
+
+
+def test_an_alert_is_judged_by_the_figure_it_was_raised_with(tmp_path: Path) -> None:
+    """The figure travels with the alert (its `alert` record), restored at start: re-issuing the deployment with
+    one reviewer does not let a single reviewer decide an alert raised under two, and raising it to two does
+    not hold back an alert raised under one; a log whose shard-accepted records are pruned still knows. An
+    alert record from before the field falls back to the deployment's figure."""
+    log = AuditLog(tmp_path / "audit.jsonl", now)
+    log.append("shard-accepted", {"deployment_id": "dep-a", "shard_id": "s", "version": 1, "reviewers_required": 2})
+    log.append("alert", {"event_id": "e-two", "deployment_id": "dep-a", "reviewers_required": 2})
+    log.append("shard-accepted", {"deployment_id": "dep-a", "shard_id": "s", "version": 2, "reviewers_required": 1})
+    log.append("alert", {"event_id": "e-one", "deployment_id": "dep-a", "reviewers_required": 1})
+    log.append("alert", {"event_id": "e-old", "deployment_id": "dep-a"})  # written before the field
+    log.append("alert", {"event_id": "e-pruned", "deployment_id": "dep-gone", "reviewers_required": 1})
+    counts, quorum = Effectiveness(), ReviewQuorum()
+    entries = list(log.entries())
+    counts.restore(entries)
+    quorum.restore(entries)
+    assert counts.raised("e-two") == RaisedAlert("dep-a", 2)
+    with pytest.raises(TooFewReviewersError, match="dep-a requires 2"):
+        quorum.check(counts.raised("e-two"), ["PC-4711"])
+    assert quorum.check(counts.raised("e-two"), ["PC-4711", "sgt-0042"]) == 2
+    assert quorum.check(counts.raised("e-one"), ["PC-4711"]) == 1
+    assert quorum.check(counts.raised("e-old"), ["PC-4711"]) == 1  # the deployment's latest figure
+    assert quorum.check(counts.raised("e-pruned"), ["PC-4711"]) == 1  # not MAX: the alert says
+
+
+def test_one_reviewer_in_two_spellings_is_one_reviewer() -> None:
+    """Distinct in any case: ["alice", "ALICE"] is one person and does not meet a requirement of two."""
+    with pytest.raises(TooFewReviewersError, match="names 1"):
+        ReviewQuorum().check(RaisedAlert("dep-a", 2), ["alice", "ALICE"])
+    assert ReviewQuorum().check(RaisedAlert("dep-a", 2), ["alice", "bob"]) == 2

@@ -23,7 +23,7 @@ import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -153,6 +153,12 @@ REVIEW_VERB = "review"
 REVIEWER_ID = re.compile(r"[A-Za-z0-9._@-]{1,64}")  # an opaque id (badge, account), never a name
 
 
+def distinct_reviewers(reviewers: Sequence[str]) -> int:
+    """How many different people a review names: ids are compared casefolded, as the console's account names
+    are unique in any case ("alice" and "ALICE" are one person)."""
+    return len({r.casefold() for r in reviewers})
+
+
 def check_args(verb: str, args: object) -> None:
     """Each verb's arguments, exactly."""
     expected = {"shard-push": {"shard"}, "deployment": {"deployment_id", "action"},
@@ -187,9 +193,9 @@ def check_args(verb: str, args: object) -> None:
         reviewers = args["reviewers"]
         if (not isinstance(reviewers, list) or not 1 <= len(reviewers) <= MAX_REVIEWERS
                 or not all(isinstance(r, str) and REVIEWER_ID.fullmatch(r) for r in reviewers)
-                or len(set(reviewers)) != len(reviewers)):
-            raise CommandFormatError(f"review: args.reviewers: expected 1-{MAX_REVIEWERS} distinct reviewer ids "
-                                     "(1-64 of A-Z a-z 0-9 . _ @ -)")
+                or distinct_reviewers(reviewers) != len(reviewers)):
+            raise CommandFormatError(f"review: args.reviewers: expected 1-{MAX_REVIEWERS} reviewer ids distinct in "
+                                     "any case (1-64 of A-Z a-z 0-9 . _ @ -)")
     elif verb == "config":
         s = args["set"]
         if not isinstance(s, dict) or not s or not all(
@@ -331,6 +337,10 @@ def _claimed(topic: str, payload: bytes) -> tuple[str | None, str | None]:
 # A handler returns the detail for a successful answer and reports failure by raising a CommandError
 # (CommandFailedError with the reason); anything else is a bug in the handler.
 Handler = Callable[[Command], Mapping[str, Any]]
+# A check runs before the command id is remembered, and refuses by raising a CommandError: a command it refuses
+# leaves no trace in the replay memory (only in the journal), so it is answered as refused, not as a replay,
+# if it comes again. A handler's own failures come after the id is remembered (at most once, even across a crash).
+Check = Callable[[Command], object]  # what it returns is not used
 
 
 @dataclass(frozen=True)
@@ -353,12 +363,15 @@ class CommandService:
                  handlers: Mapping[str, Handler], outbox: Outbox, result_topic: str,
                  clock: Callable[[], datetime], notify: Callable[[], None] = lambda: None,
                  result_ttl: timedelta = timedelta(days=1),
-                 record: Callable[[Mapping[str, Any]], None] | None = None):
+                 record: Callable[[Mapping[str, Any]], None] | None = None,
+                 checks: Mapping[str, Check] | None = None):
+        """`checks`: per verb, what must hold before the command is taken (e.g. a review's quorum)."""
         self.identity = identity
         self.seen = SeenCommands(state_dir / "commands" / "seen.json")
         self.record = record or journal_to(state_dir / "commands" / "journal.jsonl")
         self._root = root
         self._handlers = dict(handlers)
+        self._checks = dict(checks or {})
         self._outbox = outbox
         self._result_topic = result_topic
         self._clock = clock
@@ -404,9 +417,10 @@ class CommandService:
             ack()
 
     def handle(self, topic: str, payload: bytes, retained: bool = False) -> CommandOutcome:
-        """Verify, mark seen, run, answer, journal. Returns what was answered. A retained copy of a command
-        already taken (every check passed but the replay check) is let go without an answer or a record: the
-        broker shows the standing desired state on each subscription, and it is in force already."""
+        """Verify, check (the verb's `checks`), mark seen, run, answer, journal. Returns what was answered.
+        A retained copy of a command already taken (every check passed but the replay check) is let go without
+        an answer or a record: the broker shows the standing desired state on each subscription, and it is in
+        force already."""
         at = self._clock()
         cmd: Command | None = None
         try:
@@ -418,6 +432,9 @@ class CommandService:
                 cid, verb = _claimed(topic, payload)
                 log.debug("retained command %s on %s was taken before; nothing to do", cid, topic)
                 return CommandOutcome(cid, verb, True, "ok", "taken before (retained copy)", {}, answered=False)
+            check = self._checks.get(cmd.verb)
+            if check is not None:
+                check(cmd)  # a refusal here is not remembered as seen
             self.seen.add(cmd.command_id, cmd.expires, at)  # before running: at most once, even across a crash
             handler = self._handlers.get(cmd.verb)
             if handler is None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from edge.events.commands import Command, CommandFailedError, CommandService, Handler
+from edge.events.commands import Check, Command, CommandFailedError, CommandService, Handler
 from edge.events.evidence import EvidenceError, seal_evidence
 from edge.events.ids import uuid7
 from edge.events.link import BrokerSettings, DeviceLink
@@ -113,14 +113,17 @@ class EventService:
                  handlers: Mapping[str, Handler] | None = None, event_ttl: timedelta = DEFAULT_EVENT_TTL,
                  max_rows: int = DEFAULT_MAX_ROWS, durable: bool = True,
                  state_detail: Callable[[], dict[str, Any]] | None = None, state_every: float = 30.0,
-                 record: Callable[[Mapping[str, Any]], None] | None = None):
-        """`record` receives each command's outcome (the node's audit log); without it they are journaled."""
+                 record: Callable[[Mapping[str, Any]], None] | None = None,
+                 checks: Mapping[str, Check] | None = None):
+        """`record` receives each command's outcome (the node's audit log); without it they are journaled.
+        `checks`: per verb, what must hold before a command is taken (CommandService)."""
         self.identity = identity
         self.signer = EventSigner(identity, operator_key, event_ttl)
         self.outbox = Outbox(state_dir / "outbox" / "outbox.db", identity.storage_key("outbox"), max_rows, durable)
         topics = DeviceTopics(identity.device_id)
         self.commands = CommandService(identity, state_dir, root, handlers or {}, self.outbox,
-                                       topics.command_result, now, notify=lambda: self.link.wake(), record=record)
+                                       topics.command_result, now, notify=lambda: self.link.wake(), record=record,
+                                       checks=checks)
         def detail() -> dict[str, Any]:
             d = {"commands": {"dropped": self.commands.dropped}}
             return {**d, **(state_detail() if state_detail else {})}
