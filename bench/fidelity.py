@@ -11,15 +11,17 @@ Latency is the embedder invoke alone, the three models interleaved, reported as 
 
 Generic mode (`--embedder ID`): any embedder MANIFEST.json declares against its float model, for a force that
 brings its own (docs/embedders.md, the path's fidelity check). The float model is the float32 embedder of the same
-weights (the same source files in MANIFEST.json), or `--float ID`. Both see the same devset faces, aligned by
-the template they declare (which must be the same); the report gives the mean and minimum cosine between the two
-embeddings of each face (target >= 0.99), the share of face pairs both call same or different at the embedder's
-declared threshold and floor (target >= 99%), and the time per face (align + embed) of the embedder, of its float
-model and of dlib int8, the default, measured in the same run: interleaved rounds, ratio to dlib int8. No dlib
-C++ needed. A float embedder is its own reference: only its time is measured.
+weights (the same source files in MANIFEST.json), or `--float ID`. Both see the same devset faces (the photo
+faces, and every 16th frame of the clip's person: same-person pairs near the threshold), aligned by the template
+they declare (which must be the same); the report gives the mean and minimum cosine between the two embeddings
+of each face (target >= 0.99), the share of face pairs both call same or different at the embedder's declared
+threshold and floor (target >= 99%), and the time per face (align + embed) of the embedder, of its float model
+and of dlib int8, the default, measured in the same run: interleaved rounds, ratio to dlib int8. No dlib C++
+needed. A float embedder is its own reference: only its time is measured. Exit 1: a target missed; 2: a bad
+model id, manifest or devset.
 
 usage: python3 bench/fidelity.py      (devset: tests/data/devset, or $EDGE_DEVSET)
-       python3 bench/fidelity.py --embedder ID [--float ID] [--rounds 15] [--reps 8]
+       python3 bench/fidelity.py --embedder ID [--float ID] [--clip-every 16] [--rounds 15] [--reps 8]
 """
 
 from __future__ import annotations
