@@ -46,7 +46,7 @@ from edge.vault import (
 )
 from edge.vision.analyzer import FaceAnalyzer
 from edge.watchlist.loader import AcceptedShard
-from edge.watchlist.store import ActiveWatchList, ShardStore
+from edge.watchlist.store import ActiveWatchList, ShardStore, StoreError
 
 log = logging.getLogger(__name__)
 STATUS_EVERY = 5.0
@@ -122,6 +122,7 @@ class Node:
         self.vault: EvidenceVault | None = None
         self.effectiveness = Effectiveness()
         self.quorum = ReviewQuorum()  # distinct reviewers each alerted deployment's reviews must name
+        self.store: ShardStore | None = None  # the trusted root and the shard in force, once running
         self.use = DeploymentUse(self._audit, config.camera.id)  # start/end of matching under a deployment
         self._recorded: dict[str, Any] | None = None  # the last effectiveness record written
         self.ready = threading.Event()
@@ -281,11 +282,24 @@ class Node:
         detail["effectiveness"] = {d: t.to_json() for d, t in self.effectiveness.snapshot().items()}
         if self.vault is not None:
             detail["vault"] = asdict(self.vault.stats())
+        detail["root"] = self._root_detail()
         cur = self.watchlist.current(self.clock())
         detail["shard"] = None if cur is None else {
             "id": cur.manifest.shard_id, "version": cur.manifest.version,
             "deployment": cur.manifest.deployment.id, "expires": format_time(cur.manifest.expires)}
         return detail
+
+    def _root_detail(self) -> dict[str, Any] | None:
+        """The fleet root this node trusts: the fleet signs a review with the role that root gives reviews
+        (`edge-fleet key add review` moves the fleet ahead of a device until `edge-node trust update`)."""
+        if self.store is None:
+            return None
+        try:
+            root = self.store.trusted_root().root
+        except (StoreError, TrustError) as exc:
+            log.error("the trusted root cannot be read for the state topic: %s", exc)
+            return None
+        return {"version": root.version, "review_role": root.has_role("review")}
 
     def status_line(self) -> str:
         p = self.pipeline
@@ -328,7 +342,7 @@ class Node:
         self.quorum.restore(entries)
         self.vault = EvidenceVault.in_state_dir(cfg.state_dir, identity.storage_key(STORAGE_PURPOSE), self.clock)
         self._purge()
-        store = ShardStore(cfg.state_dir)
+        store = self.store = ShardStore(cfg.state_dir)
         self.notifier.status("loading models")
         analyzer = FaceAnalyzer(cfg.vision)
         self._load_shard(store, analyzer)

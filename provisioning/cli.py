@@ -82,8 +82,14 @@ def cmd_key(args: argparse.Namespace) -> int:
     role creates the role: from then on devices that trust the new root take reviews only from review keys."""
     fleet = Fleet(args.fleet_dir)
     if args.key_command == "add":
+        created = args.role == "review" and not fleet.root().has_role("review")
         path, root = fleet.add_key(args.role, _root_files(args))
         print(f"new {args.role} key {path}; published root v{root.version} ({fleet.root_path(root.version)})")
+        if created:
+            print(f"root v{root.version} creates the review role: a device still on an older root refuses a review "
+                  "signed by a review key, and once it trusts this root it refuses one signed by a command key. "
+                  "Update every device's root before sending reviews; until then reviews are refused (or send "
+                  f"them with `edge-fleet review --device-root N`, N the root version the device reports)")
     elif args.key_command == "threshold":
         root = fleet.set_threshold(args.role, args.threshold, _root_files(args))
         print(f"{args.role} threshold {args.threshold}; published root v{root.version} "
@@ -298,7 +304,7 @@ def cmd_events_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int:
+def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any], root_version: int | None = None) -> int:
     """Sign one command per device, publish, and print each device's signed answer as a JSON line.
     Exit 0: all done; 1: a device refused or failed it (the answer says why); 3: a device did not answer in
     time (the command waits in its session until it expires); 4: the broker refused to take the command;
@@ -308,7 +314,7 @@ def _send(args: argparse.Namespace, verb: str, verb_args: dict[str, Any]) -> int
     commands = {}
     lifetime = timedelta(hours=args.lifetime_hours)
     for dev in [d for d in args.devices.split(",") if d]:
-        cid, envelope = sign_command(fleet, dev, verb, verb_args, lifetime)
+        cid, envelope = sign_command(fleet, dev, verb, verb_args, lifetime, root_version=root_version)
         commands[dev] = (verb, cid, envelope)
     settings = fleet_settings(fleet, args.broker, "admin", args.admin, passphrase("the admin key"))
     results = publish_commands(FleetClient(settings, settings.cert_file.stem), fleet, commands, args.wait, lifetime,
@@ -352,12 +358,13 @@ def cmd_review(args: argparse.Namespace) -> int:
     """Report the human decision on an alert to the device that raised it: the device records the outcome
     and the reviewer ids in its audit log, counts it in the deployment's figures, and deletes its own copy
     of the evidence. Signed by the fleet's review key(s) (keys/review-N.pem; the command keys under a root
-    made before the review role). The device refuses a review naming fewer distinct reviewers than the
-    alert's deployment requires (TooFewReviewersError, evidence kept). Exit codes as for `shard push` (1 also
-    when the device raised no such alert or refused the review)."""
+    made before the review role; with --device-root, by the role of the root the device trusts). The device
+    refuses a review naming fewer distinct reviewers (in any case) than the alert required when it was raised
+    (TooFewReviewersError, evidence kept). Exit codes as for `shard push` (1 also when the device raised no
+    such alert or refused the review)."""
     review = {"event_id": args.event, "outcome": args.outcome, "reviewers": args.reviewer}
     check_args("review", review)  # the device's own rules, before anything is signed or sent
-    return _send(args, "review", review)
+    return _send(args, "review", review, args.device_root)
 
 
 def cmd_deployment_report(args: argparse.Namespace) -> int:
@@ -533,6 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--outcome", required=True, choices=REVIEW_OUTCOMES)
     review.add_argument("--reviewer", required=True, action="append",
                         help="a reviewer's id (badge or account id, never a name); repeat for each reviewer")
+    review.add_argument("--device-root", type=at_least_one, default=None, metavar="N",
+                        help="the fleet root version the device(s) trust (their state: detail.root.version), when "
+                             "behind the fleet's: the review is signed with the role that root gives reviews")
     command_args(review)
     review.set_defaults(func=cmd_review)
 

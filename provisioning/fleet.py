@@ -106,10 +106,15 @@ class Fleet:
         except FileNotFoundError:
             raise FleetError(f"{self.root_path(v)}: missing") from None
 
-    def root(self) -> Root:
-        """The fleet's current root, verified along the whole chain from version 1."""
+    def root(self, version: int | None = None) -> Root:
+        """The fleet's current root (or an earlier version, e.g. the one a device still trusts), verified along
+        the chain from version 1."""
+        current = int(self.meta()["root_version"])
+        last = current if version is None else version
+        if not 1 <= last <= current:
+            raise FleetError(f"root version {last}: this fleet has roots v1..v{current}")
         trusted = TrustedRoot.bootstrap(self.root_bytes(1))
-        for v in range(2, int(self.meta()["root_version"]) + 1):
+        for v in range(2, last + 1):
             trusted.update(self.root_bytes(v))
         return trusted.root
 

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from shardworld import World, make_world
 
+from edge.config import CameraConfig, NodeConfig, TrackingConfig
 from edge.events.commands import (
     CommandRoleError,
     CommandVerifier,
@@ -25,6 +26,8 @@ from edge.events.commands import (
 )
 from edge.events.ids import uuid7
 from edge.events.topics import DeviceTopics
+from edge.node import Node
+from edge.systemd import Notifier
 from edge.trust.keys import key_id
 from edge.trust.root import (
     REQUIRED_ROLES,
@@ -37,6 +40,8 @@ from edge.trust.root import (
     sign_document,
 )
 from edge.trust.times import now
+from edge.vision.analyzer import VisionConfig
+from provisioning.cli import main as edge_fleet
 from provisioning.commands import sign_command
 from provisioning.fleet import FleetError
 
@@ -169,3 +174,56 @@ def test_review_threshold_two(world: World) -> None:
     assert verify(world, "config", signed("config", {"set": {"fps": 10}}, key(world, "command-1"))) == "config"
     with pytest.raises(FleetError, match="root rotate"):
         world.fleet.set_threshold("root", 1)
+
+
+def reported_root(world: World) -> dict[str, Any] | None:
+    """What the node's state topic says of the root it trusts."""
+    camera = CameraConfig(id="gate-a", source="replay", paths=(world.tmp / "none.jpg",))
+    node = Node(NodeConfig(source_file=None, state_dir=world.tmp / "node", run_dir=world.tmp / "run", camera=camera,
+                           vision=VisionConfig(), tracking=TrackingConfig(), mqtt=None),
+                notifier=Notifier(environ={}), harden=False)
+    node.store = world.store
+    detail: dict[str, Any] | None = node.state_detail()["root"]
+    return detail
+
+
+def test_a_device_behind_the_fleets_root_gets_reviews_signed_for_its_root(
+        world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """`key add review` on a fleet made before the role publishes v2 while the device still trusts v1: a review
+    signed for the fleet's root (review key) is refused by the device, and the command says so; signed for the
+    root the device reports on its state topic (root_version, --device-root), by that root's role (command
+    keys), it is taken. Once the device trusts v2, only the review key's signature is."""
+    roll_back_to_a_root_without_review(world)
+    assert reported_root(world) == {"version": 1, "review_role": False}
+    assert edge_fleet(["key", "add", "review", "--fleet-dir", str(world.fleet.dir)]) == 0
+    out = capsys.readouterr().out
+    assert "published root v2" in out and "Update every device's root before sending reviews" in out
+    assert "until then reviews are refused" in out
+    _cid, fleets = sign_command(world.fleet, "cam-01", "review", REVIEW, issued=AT)
+    with pytest.raises(UnknownSignerError, match="not a command key of root v1"):
+        verify(world, "review", fleets)
+    _cid, devices = sign_command(world.fleet, "cam-01", "review", REVIEW, issued=AT, root_version=1)
+    assert verify(world, "review", devices) == "review"
+    with pytest.raises(FleetError, match=r"roots v1\.\.v2"):
+        sign_command(world.fleet, "cam-01", "review", REVIEW, issued=AT, root_version=3)
+    world.store.trust_update(world.fleet.root_bytes(2))
+    assert reported_root(world) == {"version": 2, "review_role": True}
+    with pytest.raises(ReviewRoleError):
+        verify(world, "review", devices)
+    _cid, now_signed = sign_command(world.fleet, "cam-01", "review", REVIEW, issued=AT, root_version=2)
+    assert verify(world, "review", now_signed) == "review"
+    assert edge_fleet(["key", "add", "review", "--fleet-dir", str(world.fleet.dir)]) == 0  # a second review key
+    assert "creates the review role" not in capsys.readouterr().out  # v3 adds a key to a role devices know
+
+
+@pytest.mark.parametrize("roles", [("review", "command"), ("shard", "review"), ("root", "command")])
+def test_a_key_serves_one_role_only(world: World, roles: tuple[str, str]) -> None:
+    """A root listing one key under two roles is not a root: a review key listed under command as well would
+    sign configs, a root key listed as an online key would be online."""
+    root = world.fleet.root()
+    body = root.to_body()
+    first, second = roles
+    borrowed = body["roles"][first]["keyids"][0]
+    body["roles"][second]["keyids"] = [*body["roles"][second]["keyids"], borrowed]
+    with pytest.raises(DocumentFormatError, match=rf"key {borrowed[:16]}\.\.\. is listed under .*{second}"):
+        TrustedRoot.bootstrap(sign_document(body, [key(world, f"root-{i}") for i in (1, 2)]))

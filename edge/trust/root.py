@@ -192,7 +192,21 @@ def parse_root(signed: Signed) -> Root:
             raise DocumentFormatError(
                 f"root.roles.{name}: expected {{keyids: known unique ids, threshold: 1..len(keyids)}}")
         roles[name] = Role(tuple(r["keyids"]), r["threshold"])
+    _one_role_per_key(roles)
     return Root(b["fleet"], b["version"], expires, keys, roles)
+
+
+def _one_role_per_key(roles: Mapping[str, Role]) -> None:
+    """Each key serves one role: a key listed under review and command would let the review key sign a config
+    (and a root key that is also an online key would be online). Refused, naming the key and its roles."""
+    held: dict[str, list[str]] = {}
+    for name, r in roles.items():
+        for kid in r.keyids:
+            held.setdefault(kid, []).append(name)
+    for kid, names in held.items():
+        if len(names) > 1:
+            raise DocumentFormatError(f"root.roles: key {kid[:16]}... is listed under {' and '.join(names)}; "
+                                      "a key may serve one role only")
 
 
 def load_root_bytes(data: bytes) -> tuple[Root, Signed]:
