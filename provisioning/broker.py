@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge.events.commands import REVIEW_VERB
 from edge.events.topics import AUDIT, COMMAND, COMMAND_RESULT, EVENTS, PREFIX, STATE
 
 
@@ -34,7 +35,7 @@ def render_acl(admins: Sequence[str], operators: Sequence[str]) -> str:
                   f"topic read {PREFIX}/+/{STATE}", f"topic read {PREFIX}/+/{AUDIT}", ""]
     for cn in operators:  # the officer's console: its review commands (signed by the review key) and their answers
         lines += [f"user {cn}", f"topic read {PREFIX}/+/{EVENTS}/#", f"topic read {PREFIX}/+/{STATE}",
-                  f"topic read {PREFIX}/+/{AUDIT}", f"topic write {PREFIX}/+/{COMMAND}/review",
+                  f"topic read {PREFIX}/+/{AUDIT}", f"topic write {PREFIX}/+/{COMMAND}/{REVIEW_VERB}",
                   f"topic read {PREFIX}/+/{COMMAND_RESULT}", ""]
     return "\n".join(lines)
 

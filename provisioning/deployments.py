@@ -16,7 +16,13 @@ from typing import Any
 
 from edge.fsutil import write_atomic
 from edge.trust.times import TimeFormatError, format_time, parse_time
-from edge.watchlist.shard import DEFAULT_REVIEWERS_REQUIRED, MAX_REVIEWERS_REQUIRED, ShardManifest
+from edge.watchlist.shard import (
+    DEFAULT_REVIEWERS_REQUIRED,
+    MAX_RETENTION_DAYS,
+    MAX_REVIEWERS_REQUIRED,
+    MIN_RETENTION_DAYS,
+    ShardManifest,
+)
 from provisioning.fleet import Fleet, FleetError
 
 RECORD_SCHEMA = 1
@@ -103,9 +109,12 @@ def read_deployment_record(fleet: Fleet, deployment_id: str) -> DeploymentRecord
 
 
 def deployment_records(fleet: Fleet) -> list[DeploymentRecord]:
-    """Every deployment record of the fleet, by deployment id."""
+    """Every deployment record of the fleet, by deployment id. Only files a deployment id can name are
+    records (`shard issue` writes no other): a stray file such as an editor's `.x.json` is not read. A
+    damaged record is an error naming it, as in read_deployment_record."""
     folder = fleet.dir / "deployments"
-    return [read_deployment_record(fleet, p.stem) for p in sorted(folder.glob("*.json"))]
+    return [read_deployment_record(fleet, p.stem) for p in sorted(folder.glob("*.json"))
+            if DEPLOYMENT_ID.fullmatch(p.stem)]
 
 
 def _parse(doc: object, path: Path) -> DeploymentRecord:
@@ -141,6 +150,6 @@ def _parse(doc: object, path: Path) -> DeploymentRecord:
         raise DeploymentRecordError(f"{path}: threshold: expected a number in (0, 1]")
     return DeploymentRecord(
         text("deployment_id"), text("authorisation"), when("start"), when("end"), tuple(cameras), float(threshold),
-        whole("retention_days", 1, 366), whole("reviewers_required", DEFAULT_REVIEWERS_REQUIRED,
-                                               MAX_REVIEWERS_REQUIRED),
+        whole("retention_days", MIN_RETENTION_DAYS, MAX_RETENTION_DAYS),
+        whole("reviewers_required", DEFAULT_REVIEWERS_REQUIRED, MAX_REVIEWERS_REQUIRED),
         text("watchlist"), text("shard_id"), whole("shard_version", 1, 2**63 - 1), when("issued"), when("expires"))

@@ -9,8 +9,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from mqttworld import Broker, Peer, make_broker, wait_for
 
+from edge.events.commands import REVIEW_VERB
 from edge.events.link import NO_MATCHING_SUBSCRIBERS
-from edge.events.topics import DeviceTopics
+from edge.events.topics import VERBS, DeviceTopics
 
 NOT_AUTHORIZED = 0x87
 
@@ -57,6 +58,19 @@ def test_devices_cannot_command_and_operators_cannot_command(broker: Broker) -> 
     assert wait_for(lambda: a.mid in cam2.acks and b.mid in op.acks)
     assert cam2.acks[a.mid] == NOT_AUTHORIZED and op.acks[b.mid] == NOT_AUTHORIZED
     cam2.close()
+    op.close()
+
+
+def test_operators_write_the_review_verbs_topic_only(broker: Broker) -> None:
+    """The operator's one write is the topic of the verb the node takes reviews on (REVIEW_VERB): a review
+    published there is taken by the broker; every other verb's command topic is refused."""
+    op = Peer(broker, "operator.console").connect()
+    topics = DeviceTopics("cam-01")
+    review = op.client.publish(topics.command(REVIEW_VERB), b"x", qos=1)
+    others = [op.client.publish(topics.command(v), b"x", qos=1) for v in VERBS if v != REVIEW_VERB]
+    assert wait_for(lambda: all(m.mid in op.acks for m in [review, *others]))
+    assert op.acks[review.mid] != NOT_AUTHORIZED
+    assert [op.acks[m.mid] for m in others] == [NOT_AUTHORIZED] * len(others)
     op.close()
 
 

@@ -97,6 +97,10 @@ def test_shard_issue_keeps_the_fleets_record_of_the_deployment(world: World, tmp
     record = read_deployment_record(world.fleet, "dep-test")
     assert (record.reviewers_required, record.shard_version) == (2, m2.version)
     assert deployment_records(world.fleet) == [record]
+    # a file no deployment id can name is not a record (an editor's backup): the listing still works
+    (record_path(world.fleet, "dep-test").parent / ".dep-test.json").write_text("{half-written")
+    (record_path(world.fleet, "dep-test").parent / "-x.json").write_text("[]")
+    assert deployment_records(world.fleet) == [record]
     # a damaged record is named, with the field at fault
     path = record_path(world.fleet, "dep-test")
     doc = json.loads(path.read_text())
