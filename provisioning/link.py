@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TextIO
@@ -27,6 +28,7 @@ from edge.events.link import (
 from edge.events.messages import (
     COMMAND_RESULT,
     MessageError,
+    MessageFormatError,
     open_message,
 )
 from edge.events.topics import DeviceTopics, TopicError, split_topic
@@ -77,6 +79,32 @@ class FleetClient:
 NOT_QUEUED = "not-queued"  # PushResult.code: the broker holds the command for nobody (or did not say it took it)
 REFUSED_BY_BROKER = "refused-by-broker"
 NO_ANSWER = "no-answer"
+
+
+@dataclass(frozen=True)
+class CommandAnswer:
+    """A device's verified answer to a command, its fields checked (edge/events/schemas/command-result.json)."""
+
+    device_id: str
+    command_id: str | None
+    verb: str | None
+    ok: bool
+    code: str
+    reason: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> CommandAnswer:
+        """The answer in a verified cmd-result body; MessageFormatError names the field that is not as the
+        schema says (a device's signature does not make its fields well formed)."""
+        for name, kinds in (("device_id", (str,)), ("command_id", (str, type(None))), ("verb", (str, type(None))),
+                            ("ok", (bool,)), ("code", (str,)), ("reason", (str,)), ("detail", (dict,))):
+            if not isinstance(body.get(name), kinds):
+                raise MessageFormatError(f"command result: {name}: missing or of the wrong type")
+        if body["ok"] != (body["code"] == "ok"):
+            raise MessageFormatError(f"command result: code {str(body['code'])[:64]!r} with ok {body['ok']}")
+        return cls(body["device_id"], body["command_id"], body["verb"], body["ok"], body["code"], body["reason"],
+                   dict(body["detail"]))
 
 
 @dataclass(frozen=True)
@@ -144,17 +172,20 @@ class Delivery:
 
 def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tuple[str, str, bytes]],
                      wait: float, lifetime: timedelta, progress: TextIO | None = None,
-                     keep_open: bool = False) -> list[PushResult]:
+                     keep_open: bool = False, subscribed: bool = False) -> list[PushResult]:
     """Publish one signed command per device {device: (verb, command_id, envelope)} and collect the
     devices' signed answers on cmd-result for up to `wait` seconds. Verbs in RETAINED_VERBS are published
     retained: the device's desired state, which the broker keeps even for a device that has no session yet.
     With `progress`, a line says what the broker did with each command: queued for a device that is away,
     kept as its desired state, or taken for nobody (0x10 on a one-shot command: no session exists).
     `keep_open`: the client may be running already (the console's one connection) and is left running; the
-    answers are taken by topic callbacks, so the client's own on_message keeps every other message. One call
-    at a time per client (it sets on_publish)."""
+    answers are taken by topic callbacks, so the client's own on_message keeps every other message.
+    `subscribed`: the client subscribes to the devices' cmd-result already (the console's ingest), so no
+    subscription is added (a second one would deliver every answer twice); otherwise the subscriptions made here
+    are ended before returning, so a persistent session does not keep them. One call at a time per client (it
+    sets on_publish)."""
     lock = threading.Condition()
-    answers: dict[str, dict[str, Any]] = {}
+    answers: dict[str, CommandAnswer] = {}
     broker_said: dict[int, int] = {}
     wanted = {cid: dev for dev, (_v, cid, _e) in commands.items()}
 
@@ -163,13 +194,14 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
     def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         try:
             device, _ = split_topic(msg.topic)
-            body = open_message(bytes(msg.payload), COMMAND_RESULT, ed25519_public(fleet.device(device).ed25519))
-        except (MessageError, TopicError, FleetError, IdentityError, ValueError):
-            body = None  # not an answer we can trust; the device's own answer will still come
-        if body is not None and body.get("command_id") in wanted and wanted[body["command_id"]] == device:
+            answer: CommandAnswer | None = CommandAnswer.from_body(open_message(
+                bytes(msg.payload), COMMAND_RESULT, ed25519_public(fleet.device(device).ed25519)))
+        except (MessageError, TopicError, FleetError, IdentityError, ValueError, TypeError):
+            answer = None  # not an answer we can trust or read; the device's own answer may still come
+        if answer is not None and answer.command_id in wanted and wanted[answer.command_id] == device:
             c.ack(msg.mid, msg.qos)
             with lock:
-                answers.setdefault(body["command_id"], body)  # the first answer; a later replay answer is not it
+                answers.setdefault(answer.command_id, answer)  # the first answer; a later replay answer is not it
                 lock.notify()
         elif others is not None:
             others(c, u, msg)  # not ours (say, a late answer to an earlier command): it takes and acks it
@@ -185,8 +217,9 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
     for dev in commands:
         client.client.message_callback_add(DeviceTopics(dev).command_result, on_message)
     client.start()
-    for dev in commands:
-        client.client.subscribe(DeviceTopics(dev).command_result, qos=1)
+    if not subscribed:
+        for dev in commands:
+            client.client.subscribe(DeviceTopics(dev).command_result, qos=1)
     mids: dict[str, int] = {}
     for dev, (verb, _cid, envelope) in commands.items():
         info = client.client.publish(DeviceTopics(dev).command(verb), envelope, qos=1, retain=verb in RETAINED_VERBS,
@@ -219,6 +252,8 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
             tell()
     for dev in commands:
         client.client.message_callback_remove(DeviceTopics(dev).command_result)
+        if not subscribed:
+            client.client.unsubscribe(DeviceTopics(dev).command_result)
     if not keep_open:
         client.stop()
     out = []
@@ -226,8 +261,7 @@ def publish_commands(client: FleetClient, fleet: Fleet, commands: dict[str, tupl
         a = answers.get(cid)
         d = delivery(dev)
         if a is not None:
-            out.append(PushResult(dev, cid, True, bool(a["ok"]), str(a["code"]), str(a["reason"]),
-                                  dict(a["detail"])))
+            out.append(PushResult(dev, cid, True, a.ok, a.code, a.reason, a.detail))
         elif d.refused:
             out.append(PushResult(dev, cid, False, False, REFUSED_BY_BROKER,
                                   f"the broker refused the command (reason 0x{d.code:02x}): is this admin in the "

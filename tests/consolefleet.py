@@ -3,6 +3,7 @@ identities, an operator evidence key, and match events signed and sealed by the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -42,13 +43,15 @@ class SmallFleet:
 
     def event(self, device_id: str, entry_id: str = "wl-000001", deployment_id: str = "dep-1",
               face: bytes | None = FACE, context: bytes | None = CONTEXT, seq: int = 1,
-              sealed_to: X25519PrivateKey | None = None) -> tuple[str, str, bytes]:
-        """(topic, event id, signed payload) of one match event from that device, crops sealed to the operator."""
+              sealed_to: X25519PrivateKey | None = None, reviewers_required: int | None = None,
+              retention_days: int | None = None, media_type: str = "image/jpeg") -> tuple[str, str, bytes]:
+        """(topic, event id, signed payload) of one match event from that device, crops sealed to the operator;
+        `reviewers_required`/`retention_days`: the deployment's terms the event carries (None: an older node's)."""
         key = (sealed_to or self.operator).public_key()
         signer = EventSigner(self.devices[device_id], key, timedelta(hours=6))
         draft = MatchDraft("gate-a", deployment_id, f"t{seq}", entry_id, 0.953, 0.94, ModelRef("m", "cd" * 32),
-                           ShardRef("s", 1), 4)
-        event_id, _expires, build = signer.prepare(draft, face, "image/jpeg", context)
+                           ShardRef("s", 1), 4, reviewers_required=reviewers_required, retention_days=retention_days)
+        event_id, _expires, build = signer.prepare(draft, face, media_type, context)
         _eid, payload = build(seq)
         return DeviceTopics(device_id).match, event_id, payload
 
@@ -73,6 +76,12 @@ def small_fleet(root: Path, monkeypatch: pytest.MonkeyPatch,
         fleet.add_device(d, ident.public(), root / d)
         idents[d] = ident
     return SmallFleet(fleet, idents, X25519PrivateKey.generate())
+
+
+def listed_entry(fleet: Fleet, photo: str = "obama.jpg") -> str:
+    """The id of the built demo watch list's entry whose reference photo is `photo` (build_watchlist first)."""
+    doc = json.loads((fleet.dir / "watchlists" / "demo" / "entries.json").read_text())
+    return str(next(e for e in doc["entries"] if e["photos"] == [photo])["id"])
 
 
 def review_key_path(fleet: Fleet) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consolefleet import CONTEXT, FACE, Clock, SmallFleet, review_key_path, small_fleet
+from consolefleet import CONTEXT, FACE, Clock, SmallFleet, listed_entry, review_key_path, small_fleet
 
 from edge.demo.run import FOOTAGE, WATCHLIST_CSV
 from edge.events.commands import signing_role
@@ -102,7 +102,8 @@ def test_a_verified_event_is_kept_with_its_crops_encrypted_at_rest(world: SmallF
 
     console.store.close()
     stored = db_bytes(tmp_path / "console")
-    assert FACE[:3] == b"\xff\xd8\xff" and b"\xff\xd8\xff" not in stored  # no JPEG anywhere in the files
+    # no JPEG anywhere in the files: neither header (3 magic bytes alone turn up in ~1% of random ciphertexts)
+    assert FACE[:3] == b"\xff\xd8\xff" and FACE[:32] not in stored and CONTEXT[:32] not in stored
     assert FACE[1000:1032] not in stored and CONTEXT[1000:1032] not in stored
     key = tmp_path / "console" / STORAGE_KEY_FILE
     assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_bytes()) == 32
@@ -135,10 +136,18 @@ def test_crops_that_do_not_open_are_not_kept_and_the_alert_says_why(world: Small
         console.alert("019a0000-0000-7000-8000-000000000001")
 
 
-def test_two_reviewers_must_agree_and_the_review_command_names_both(world: SmallFleet, tmp_path: Path) -> None:
+@pytest.fixture()
+def built(world: SmallFleet, analyzer: FaceAnalyzer) -> Iterator[SmallFleet]:
+    """The world with the demo's watch list built into its fleet (entries with their reference photos)."""
+    build_watchlist(world.fleet, "demo", FOOTAGE, WATCHLIST_CSV, analyzer, open(os.devnull, "w"))  # noqa: SIM115
+    yield world
+
+
+def test_two_reviewers_must_agree_and_the_review_command_names_both(built: SmallFleet, tmp_path: Path) -> None:
+    world = built
     console = console_for(world, tmp_path, Clock(now()))
     world.deployment("dep-2", retention_days=30, reviewers_required=2)
-    event_id = feed(console, world, deployment_id="dep-2")
+    event_id = feed(console, world, deployment_id="dep-2", entry_id=listed_entry(world.fleet))
     assert console.alert(event_id).reviewers_required == 2
 
     with pytest.raises(ReviewerRoleError, match="admin-1 is an admin"):
@@ -170,10 +179,11 @@ def test_two_reviewers_must_agree_and_the_review_command_names_both(world: Small
 
 
 def test_a_disputed_alert_waits_for_a_supervisor_and_a_dismissal_destroys_the_evidence_at_once(
-        world: SmallFleet, tmp_path: Path) -> None:
+        built: SmallFleet, tmp_path: Path) -> None:
+    world = built
     console = console_for(world, tmp_path, Clock(now()))
     world.deployment("dep-2", retention_days=30, reviewers_required=2)
-    event_id = feed(console, world, deployment_id="dep-2")
+    event_id = feed(console, world, deployment_id="dep-2", entry_id=listed_entry(world.fleet))
     console.decide(event_id, account(console, "PC-4711"), "confirmed", "")
     a = console.decide(event_id, account(console, "PC-0815"), "dismissed", "not him")
     assert a.outcome is None and {d.outcome for d in a.decisions} == {"confirmed", "dismissed"}  # disputed
@@ -193,7 +203,7 @@ def test_a_disputed_alert_waits_for_a_supervisor_and_a_dismissal_destroys_the_ev
     destroyed = [r["data"] for r in journal(tmp_path) if r["kind"] == "evidence-destroyed"]
     assert destroyed == [{"reason": "dismissed", "event_ids": [event_id], "keys": []}]
     console.store.close()
-    assert b"\xff\xd8\xff" not in db_bytes(tmp_path / "console")
+    assert FACE[:32] not in db_bytes(tmp_path / "console")
 
 
 def test_retention_destroys_the_evidence_when_its_day_is_old_enough(world: SmallFleet, tmp_path: Path) -> None:
@@ -201,7 +211,7 @@ def test_retention_destroys_the_evidence_when_its_day_is_old_enough(world: Small
     console = console_for(world, tmp_path, clock)
     world.deployment("dep-short", retention_days=2, reviewers_required=1)
     short = feed(console, world, deployment_id="dep-short")
-    long = feed(console, world, deployment_id="dep-long")  # no record: the default retention (30 days)
+    long = feed(console, world, deployment_id="dep-long", retention_days=30)  # the event carries its terms
     until = console.alert(short).evidence_until
     assert console.alert(long).evidence_until - until == timedelta(days=28)
 
@@ -220,12 +230,6 @@ def test_retention_destroys_the_evidence_when_its_day_is_old_enough(world: Small
     assert console.deployment_report() == {"dep-long": {"alerts": 1, "confirmed": 0, "dismissed": 0, "unreviewed": 1},
                                            "dep-short": {"alerts": 1, "confirmed": 0, "dismissed": 0,
                                                          "unreviewed": 1}}
-
-
-@pytest.fixture()
-def built(world: SmallFleet, analyzer: FaceAnalyzer) -> Iterator[SmallFleet]:
-    build_watchlist(world.fleet, "demo", FOOTAGE, WATCHLIST_CSV, analyzer, open(os.devnull, "w"))  # noqa: SIM115
-    yield world
 
 
 def test_the_watch_list_entry_and_its_reference_photo(built: SmallFleet, tmp_path: Path) -> None:
@@ -250,3 +254,99 @@ def test_the_watch_list_entry_and_its_reference_photo(built: SmallFleet, tmp_pat
     with pytest.raises(EvidenceGoneError, match="rebuild it"):
         console.reference_photo(entry["id"], 0)
     assert console.alert(feed(console, built, entry_id="wl-not-listed")).entry is None
+
+
+def png_of(jpeg: bytes) -> bytes:
+    """A real PNG of the same picture, crop-sized (the node may seal PNG crops too)."""
+    import cv2
+    import numpy as np
+    small = cv2.resize(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR), (112, 112))
+    ok, data = cv2.imencode(".png", small)
+    assert ok
+    return bytes(data)
+
+
+def test_a_crop_is_kept_only_when_its_bytes_are_the_image_type_it_declares(world: SmallFleet, tmp_path: Path) -> None:
+    console = console_for(world, tmp_path, Clock(now()))
+    html = b"<html><script>alert(document.cookie)</script></html>"
+    event_id = feed(console, world, face=html, context=CONTEXT)  # sealed and signed by the device: still refused
+    a = console.alert(event_id)
+    assert not a.has_face and a.has_context
+    assert a.evidence_note is not None and "face crop refused: declared 'image/jpeg'" in a.evidence_note
+    assert "application/octet-stream" in a.evidence_note
+    with pytest.raises(EvidenceGoneError):
+        console.evidence(event_id, "face")
+    assert console.evidence(event_id, "context") == (CONTEXT, "image/jpeg")
+    assert a.confirm_blocked is not None and a.confirm_blocked.startswith("no face crop to compare")
+
+    png = png_of(FACE)
+    mislabelled = feed(console, world, face=png, context=None)  # a PNG said to be a JPEG: refused too
+    assert not console.alert(mislabelled).has_face
+    labelled = feed(console, world, face=png, context=None, media_type="image/png")
+    assert console.evidence(labelled, "face") == (png, "image/png")
+
+
+def test_an_alert_takes_its_terms_from_the_event_then_the_record_else_fails_closed(
+        world: SmallFleet, tmp_path: Path) -> None:
+    clock = Clock(now())
+    console = console_for(world, tmp_path, clock)
+    midnight = clock.t.replace(hour=0, minute=0, second=0, microsecond=0)
+    world.deployment("dep-rec", retention_days=30, reviewers_required=1)
+    carried = console.alert(feed(console, world, deployment_id="dep-rec", reviewers_required=2, retention_days=5))
+    assert (carried.reviewers_required, carried.evidence_until) == (2, midnight + timedelta(days=5))
+    assert carried.terms_note.startswith("from the signed event")
+    recorded = console.alert(feed(console, world, deployment_id="dep-rec"))
+    assert (recorded.reviewers_required, recorded.evidence_until) == (1, midnight + timedelta(days=30))
+    assert recorded.terms_note == "from the fleet's record of deployment dep-rec"
+    unknown = console.alert(feed(console, world, deployment_id="dep-elsewhere"))
+    assert (unknown.reviewers_required, unknown.evidence_until) == (2, midnight + timedelta(days=1))
+    assert unknown.terms_note.startswith("fail-closed: this fleet has no record of deployment dep-elsewhere")
+    (world.fleet.dir / "deployments" / "dep-bad.json").write_text("{not json")
+    damaged = console.alert(feed(console, world, deployment_id="dep-bad"))
+    assert damaged.reviewers_required == 2 and "dep-bad cannot be read" in damaged.terms_note
+
+    # one reviewer cannot decide the fail-closed alert alone
+    console.decide(unknown.event_id, account(console, "PC-4711"), "dismissed", "")
+    assert console.alert(unknown.event_id).outcome is None and console.sender._queue.empty()
+
+
+def test_confirm_is_refused_without_something_to_compare_and_dismiss_is_not(
+        built: SmallFleet, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from provisioning.console.service import NothingToCompareError
+    console = console_for(built, tmp_path, Clock(now()))
+    entry = listed_entry(built.fleet)
+    terms = {"reviewers_required": 1, "retention_days": 30}
+    unopened = feed(console, built, entry_id=entry, sealed_to=X25519PrivateKey.generate(), **terms)
+    unlisted = feed(console, built, entry_id="wl-not-listed", **terms)
+    fine = feed(console, built, entry_id=entry, **terms)
+    with pytest.raises(NothingToCompareError, match="confirm refused: no face crop to compare"):
+        console.decide(unopened, account(console, "PC-4711"), "confirmed", "")
+    with pytest.raises(NothingToCompareError, match="wl-not-listed is not in this fleet's watch lists"):
+        console.decide(unlisted, account(console, "PC-4711"), "confirmed", "")
+    assert console.alert(unopened).decisions == () and console.alert(fine).confirm_blocked is None
+    photo = built.fleet.dir / "watchlists" / "demo" / "photos" / f"{entry}-0.jpg"
+    kept = photo.read_bytes()
+    photo.unlink()
+    with pytest.raises(NothingToCompareError, match="reference photo cannot be shown"):
+        console.decide(fine, account(console, "PC-4711"), "confirmed", "")
+    photo.write_bytes(kept)
+    assert console.decide(fine, account(console, "PC-4711"), "confirmed", "").outcome == "confirmed"
+    assert console.decide(unlisted, account(console, "PC-4711"), "dismissed", "").outcome == "dismissed"
+
+
+def test_a_decision_by_an_account_disabled_before_the_outcome_stands_does_not_count(
+        built: SmallFleet, tmp_path: Path) -> None:
+    console = console_for(built, tmp_path, Clock(now()))
+    event_id = feed(console, built, entry_id=listed_entry(built.fleet), reviewers_required=2, retention_days=30)
+    console.decide(event_id, account(console, "PC-4711"), "confirmed", "")
+    console.accounts.disable("PC-4711")
+    a = console.decide(event_id, account(console, "PC-0815"), "confirmed", "")
+    assert a.outcome is None and [(d.reviewer, d.counts) for d in a.decisions] == [("PC-4711", False),
+                                                                                  ("PC-0815", True)]
+    a = console.decide(event_id, account(console, "PC-1234"), "confirmed", "")
+    assert a.outcome == "confirmed"
+    command = console.sender._queue.get_nowait()
+    assert command is not None
+    assert parse_envelope(command.envelope, "edge-command").body["args"]["reviewers"] == ["PC-0815", "PC-1234"]

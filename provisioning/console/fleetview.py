@@ -5,6 +5,9 @@ whatever the node reports in it (fps, camera, shard in force, deployment window,
 figures). The deployment report counts the console's own alerts and decisions per deployment and, for each device
 audit log given with --audit, the figures of that log after it is verified (provisioning.reports): a log that does
 not verify is refused, not reported.
+
+A signature says who sent a message, not that its fields are well formed: a state or checkpoint whose body is not
+as its schema says (edge/events/schemas) is refused with MessageFormatError naming the field, and the ingest drops it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from datetime import datetime
 from typing import Any
 
 from edge.audit import AuditError
-from edge.events.messages import AUDIT_CHECKPOINT, STATE
+from edge.events.messages import AUDIT_CHECKPOINT, STATE, MessageFormatError
+from edge.trust.times import TimeFormatError, parse_time
 from provisioning.console.store import ConsoleError
 from provisioning.fleet import Fleet, FleetError
 from provisioning.reports import AuditSource, deployment_report
 
 DEVICE_FIGURES = ("faces_seen", "alerts", "confirmed", "dismissed", "unreviewed")
+STATE_FIELDS = frozenset({"type", "schema", "device_id", "status", "ts", "boot_id", "detail"})
+CHECKPOINT_FIELDS = frozenset({"type", "schema", "device_id", "seq", "head", "ts"})
+EFFECTIVENESS_FIGURES = ("faces_seen", "alerts", "confirmed", "dismissed")
+DETAIL_OBJECTS = ("camera", "vault", "outbox")  # when present, objects (the fleet page reads into them)
 
 
 class AuditReportError(ConsoleError):
@@ -44,6 +52,56 @@ class AuditHead:
     head: str
     ts: str
 
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AuditHead:
+        """A verified checkpoint body, its fields checked (MessageFormatError naming the field)."""
+        _exact(body, CHECKPOINT_FIELDS, "audit checkpoint")
+        seq, head = body["seq"], body["head"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise MessageFormatError("audit checkpoint: seq: expected an integer >= 0")
+        if not isinstance(head, str) or len(head) != 64 or any(ch not in "0123456789abcdef" for ch in head):
+            raise MessageFormatError("audit checkpoint: head: expected 64 lowercase hex digits")
+        return cls(seq, head, _time(body, "audit checkpoint"))
+
+
+def _exact(body: Mapping[str, Any], fields: frozenset[str], what: str) -> None:
+    if set(body) != fields:
+        missing, extra = sorted(fields - set(body)), sorted(set(body) - fields)
+        raise MessageFormatError(f"{what}: " + "; ".join([*(["missing " + ", ".join(missing)] if missing else []),
+                                                         *(["unexpected " + ", ".join(extra)] if extra else [])]))
+
+
+def _time(body: Mapping[str, Any], what: str) -> str:
+    try:
+        parse_time(body["ts"])
+    except (TimeFormatError, TypeError, ValueError):
+        raise MessageFormatError(f"{what}: ts: expected YYYY-MM-DDTHH:MM:SSZ") from None
+    return str(body["ts"])
+
+
+def check_state(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A verified state body, its fields checked as far as the console reads them (MessageFormatError naming the
+    field): status online/offline, detail an object whose effectiveness, camera, vault and outbox are objects."""
+    _exact(body, STATE_FIELDS, "state")
+    if body["status"] not in ("online", "offline"):
+        raise MessageFormatError("state: status: expected online or offline")
+    _time(body, "state")
+    if not isinstance(body["boot_id"], str):
+        raise MessageFormatError("state: boot_id: expected a string")
+    detail = body["detail"]
+    if not isinstance(detail, dict):
+        raise MessageFormatError("state: detail: expected an object")
+    for name in DETAIL_OBJECTS:
+        if name in detail and not isinstance(detail[name], dict):
+            raise MessageFormatError(f"state: detail.{name}: expected an object")
+    eff = detail.get("effectiveness", {})
+    if not isinstance(eff, dict) or not all(
+            isinstance(figures, dict) and all(isinstance(figures.get(k), int) and not isinstance(figures.get(k), bool)
+                                              for k in EFFECTIVENESS_FIGURES) for figures in eff.values()):
+        raise MessageFormatError("state: detail.effectiveness: expected {deployment: {"
+                                 f"{', '.join(EFFECTIVENESS_FIGURES)}: integers}}}}")
+    return dict(body)
+
 
 class FleetView:
     """Devices' last state and checkpoints (fed by the ingest); thread-safe."""
@@ -57,12 +115,16 @@ class FleetView:
         self._heads: dict[str, AuditHead] = {}
 
     def heard(self, device_id: str, kind: str, body: Mapping[str, Any]) -> None:
-        """A verified state or audit checkpoint of a device."""
-        with self._lock:
-            if kind == STATE:
-                self._states[device_id] = (self.clock(), dict(body))
-            elif kind == AUDIT_CHECKPOINT:
-                self._heads[device_id] = AuditHead(int(body["seq"]), str(body["head"]), str(body["ts"]))
+        """A verified state or audit checkpoint of a device (MessageFormatError: its body is not well formed,
+        and nothing changes)."""
+        if kind == STATE:
+            state = check_state(body)
+            with self._lock:
+                self._states[device_id] = (self.clock(), state)
+        elif kind == AUDIT_CHECKPOINT:
+            head = AuditHead.from_body(body)
+            with self._lock:
+                self._heads[device_id] = head
 
     def devices(self) -> list[DeviceView]:
         """Every registered device and every device heard from, by id."""

@@ -5,11 +5,17 @@ console is down), manual acknowledgement: a match event is acknowledged only onc
 journaled its rejection), so a crash before that gets it again. Match events go through EventTail.check (the one
 check, shared with `events tail`); state, checkpoints and answers are verified against the device key of the topic
 they came on, and anything that does not verify is dropped and logged.
+
+Nothing one message does stops the ingest: paho ends its loop thread on an exception from a callback, which would
+end all ingest for good. The failures a malformed or unlucky message can cause (a field missing or of the wrong
+type, the store or the journal failing) are caught per message, by type, counted in `health` and logged: a match
+event is then left unacknowledged (offered again after a reconnect), anything else is dropped.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,13 +26,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.audit import AuditError
-from edge.events.messages import AUDIT_CHECKPOINT, COMMAND_RESULT, STATE, MessageError, open_message
+from edge.events.messages import AUDIT_CHECKPOINT, COMMAND_RESULT, STATE, MessageError, MessageFormatError, open_message
 from edge.events.topics import AUDIT, MATCH, TopicError, all_devices, split_topic
 from edge.events.topics import COMMAND_RESULT as RESULT_TOPIC
 from edge.events.topics import STATE as STATE_TOPIC
 from edge.identity import IdentityError
 from edge.trust.keys import ed25519_public
-from provisioning.console.store import StoreError
+from provisioning.console.store import ConsoleError
 from provisioning.fleet import Fleet, FleetError
 from provisioning.link import FleetClient
 from provisioning.tail import EventTail, RejectedEvent, VerifiedEvent
@@ -34,11 +40,13 @@ from provisioning.tail import EventTail, RejectedEvent, VerifiedEvent
 log = logging.getLogger(__name__)
 FILTERS = (all_devices(MATCH), all_devices(STATE_TOPIC), all_devices(AUDIT), all_devices(RESULT_TOPIC))
 _KINDS = {STATE_TOPIC: STATE, AUDIT: AUDIT_CHECKPOINT, RESULT_TOPIC: COMMAND_RESULT}
+# what one message can make the sink raise: the store or the journal failing, a body not as its schema says
+MESSAGE_FAILURES = (ConsoleError, AuditError, sqlite3.Error, OSError, KeyError, TypeError, ValueError)
 
 
 class IngestSink(Protocol):
-    """What the ingest hands on; `alert` commits, `rejected` journals (raising StoreError or AuditError leaves the
-    event unacknowledged)."""
+    """What the ingest hands on; `alert` commits, `rejected` journals (raising one of MESSAGE_FAILURES leaves the
+    event unacknowledged); `device_message` raises MessageFormatError for a body it cannot read."""
 
     def alert(self, verified: VerifiedEvent) -> None: ...
     def rejected(self, rejection: RejectedEvent) -> None: ...
@@ -51,8 +59,11 @@ class IngestHealth:
 
     subscribed: bool = False
     refused: str | None = None
-    store_errors: int = 0
+    store_errors: int = 0  # messages not recorded because the store or the journal failed (or an unexpected body)
     unverified: int = 0  # state, checkpoints or answers that did not verify (dropped)
+    malformed: int = 0  # verified state, checkpoints or answers whose body is not as its schema says (dropped)
+    answers: int = 0  # verified command answers taken (each copy the broker delivers)
+    last_error: str | None = None  # the latest message that was not recorded, and why
 
 
 class Ingest:
@@ -93,6 +104,15 @@ class Ingest:
             self._pending_subs.discard(mid)
             self.health.subscribed = not self._pending_subs and self.health.refused is None
 
+    def _failed(self, what: str, exc: Exception, malformed: bool = False) -> None:
+        with self._lock:
+            if malformed:
+                self.health.malformed += 1
+            else:
+                self.health.store_errors += 1
+            self.health.last_error = f"{what}: {type(exc).__name__}: {exc}"[:500]
+        log.error("%s not recorded: %s: %s", what, type(exc).__name__, exc)
+
     def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
         payload = bytes(msg.payload)
         try:
@@ -109,19 +129,18 @@ class Ingest:
         client.ack(msg.mid, msg.qos)
 
     def _match(self, topic: str, payload: bytes) -> bool:
-        checked = self.tail.check(topic, payload)
+        checked = None
         try:
+            checked = self.tail.check(topic, payload)
             if isinstance(checked, VerifiedEvent):
                 self.sink.alert(checked)
             elif isinstance(checked, RejectedEvent):
                 log.warning("event rejected on %s: %s: %s", topic, checked.flag, checked.reason)
                 self.sink.rejected(checked)
-        except (StoreError, AuditError) as exc:
+        except MESSAGE_FAILURES as exc:
             if isinstance(checked, VerifiedEvent):
                 self.tail.forget(checked.event)  # offered again after a reconnect: then it is not a duplicate
-            with self._lock:
-                self.health.store_errors += 1
-            log.error("event on %s not recorded, left unacknowledged: %s", topic, exc)
+            self._failed(f"event on {topic} (left unacknowledged)", exc)
             return False
         return True
 
@@ -134,14 +153,17 @@ class Ingest:
             if body.get("device_id") != device_id:
                 raise MessageError(f"{kind} names device {body.get('device_id')!r} but arrived on {device_id!r}'s "
                                    "topic")
-        except (FleetError, IdentityError, MessageError, ValueError) as exc:
+        except (FleetError, IdentityError, MessageError, ValueError, TypeError) as exc:
             with self._lock:
                 self.health.unverified += 1
             log.warning("%s on %s's topic dropped: %s", kind, device_id, exc)
             return
+        if kind == COMMAND_RESULT:
+            with self._lock:
+                self.health.answers += 1
         try:
             self.sink.device_message(device_id, kind, body)
-        except (StoreError, AuditError) as exc:
-            with self._lock:
-                self.health.store_errors += 1
-            log.error("%s from %s not recorded: %s", kind, device_id, exc)
+        except MessageFormatError as exc:
+            self._failed(f"{kind} from {device_id} (dropped)", exc, malformed=True)
+        except MESSAGE_FAILURES as exc:
+            self._failed(f"{kind} from {device_id} (dropped)", exc)

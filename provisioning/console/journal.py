@@ -31,7 +31,7 @@ from edge.trust.keys import ed25519_public, key_id, raw_public, read_ed25519, wr
 
 CONSOLE_KINDS = frozenset({"console-start", "console-stop", "login", "login-failed", "logout", "view",
                            "decision", "review-sent", "review-result", "evidence-destroyed", "account",
-                           "event-rejected"})
+                           "event-rejected", "evidence-destroy-failed"})
 CONSOLE_LOG_ID = "console"  # the `device_id` of the console's checkpoints (the checkpoint format is the node's)
 JOURNAL_KEY = "journal-key.pem"  # in the console dir, not in audit/: copying the log off the host leaves it behind
 JOURNAL_PUBLIC = "journal-key.pub"  # beside the log
