@@ -57,15 +57,18 @@ class RootfsCache:
         if final.is_dir() and not rebuild:
             return final, False
         partial = final.with_name(final.name + ".partial")
-        for stale in (partial, final):
-            if stale.exists():
-                shutil.rmtree(stale)
+        if partial.exists():  # a build that was cut short
+            shutil.rmtree(partial)
         self.directory.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:
             done = subprocess.run(["nice", "-n", str(nice), *spec.command(partial)], stdout=out,
                                   stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0:
             raise RootfsBuildError(f"mmdebstrap exited {done.returncode} (log: {log})")
+        if final.exists():  # --rebuild: the old tree goes only once the new one is complete
+            old = final.with_name(final.name + ".old")
+            final.rename(old)
+            shutil.rmtree(old)
         partial.rename(final)
         return final, True
 
