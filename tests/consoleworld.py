@@ -32,7 +32,7 @@ from edge.trust.times import format_time, now
 from edge.vision.analyzer import FaceAnalyzer, VisionConfig
 from edge.watchlist.store import ShardStore
 from provisioning.ca import FleetCA
-from provisioning.console.app import build_app
+from provisioning.console.app import ConsoleWeb, WebSettings, build_app
 from provisioning.console.journal import CONSOLE_KINDS, JournalFiles
 from provisioning.console.service import Console, open_console
 from provisioning.fleet import PASSPHRASE_ENV, Fleet
@@ -133,7 +133,7 @@ class NodeWorld:
 class ConsoleServer:
     """The real Console (MQTT ingest as the fleet's operator) and its web application on a loopback port."""
 
-    def __init__(self, world: NodeWorld, console_dir: Path, port: int):
+    def __init__(self, world: NodeWorld, console_dir: Path, port: int, web_settings: WebSettings | None = None):
         fleet = world.fleet
         settings = fleet_settings(fleet, world.url, "operator", OPERATOR, DEMO_PASSPHRASE.encode())
         review_keys = sorted((fleet.dir / "keys").glob("review-*.pem"))
@@ -144,8 +144,10 @@ class ConsoleServer:
         self.console_dir = console_dir
         self.url = f"https://127.0.0.1:{port}"
         tls = world.broker.directory  # the broker's certificate names 127.0.0.1: good enough for a test page
+        app = build_app(self.console, settings=web_settings)
+        self.web: ConsoleWeb = app.state.web  # the pages' own objects (feed, sessions, templates)
         self.server = uvicorn.Server(uvicorn.Config(
-            build_app(self.console), host="127.0.0.1", port=port, ssl_certfile=str(tls / "broker.crt"),
+            app, host="127.0.0.1", port=port, ssl_certfile=str(tls / "broker.crt"),
             ssl_keyfile=str(tls / "broker.key"), log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, name="console-web", daemon=True)
 

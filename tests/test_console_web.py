@@ -8,13 +8,18 @@ takes up where the one before left the world. The screenshots in docs/console/ a
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import shutil
 import ssl
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from consoleworld import ALERTING, PASSWORD, QUIET, ConsoleServer, NodeWorld
@@ -29,12 +34,24 @@ from edge.events.topics import DeviceTopics
 from edge.identity import load_identity
 from edge.trust.times import format_time, now
 from edge.vault import STORAGE_PURPOSE, EvidenceGoneError, EvidenceVault
+from provisioning.console.app import AlertFeed, ConsoleWeb, WebSettings
+from provisioning.console.fleetview import DeviceView
 from provisioning.console.reviews import Standing, sign_review
+from provisioning.console.security import (
+    IMAGE_CSP,
+    AddressThrottle,
+    LoginBusyError,
+    LoginGate,
+    LoginLimits,
+    LoginThrottledError,
+)
 from provisioning.console.service import EvidenceGoneError as ConsoleEvidenceGone
+from provisioning.reports import AuditSource
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = REPO / "docs" / "console"
+T = TypeVar("T")
 D1, D2 = "stadium-d1", "stadium-d2-two-reviewers"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--no-first-run", "--disable-sync",
@@ -53,15 +70,16 @@ class Web:
     d2: list[str] = field(default_factory=list)
     forged: list[str] = field(default_factory=list)
 
-    def login(self, name: str) -> Any:
-        """A fresh browser context (its own cookies) logged in as `name`; returns the page on the queue."""
+    def login(self, name: str, lands: str = "/") -> Any:
+        """A fresh browser context (its own cookies) logged in as `name`; returns the page where it lands (the
+        queue; an admin's: the accounts)."""
         ctx = self.browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
         page = ctx.new_page()
         page.goto(f"{self.server.url}/login")
         page.fill("input[name=name]", name)
         page.fill("input[name=password]", PASSWORD)
         page.click("button[type=submit]")
-        page.wait_for_url(f"{self.server.url}/")
+        page.wait_for_url(f"{self.server.url}{lands}")
         return page
 
     def node_audit(self) -> list[Any]:
@@ -81,9 +99,10 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     server: ConsoleServer | None = None
     try:
         node.deploy(D1, reviewers_required=1)
-        server = ConsoleServer(node, root / "console", free_port())
+        # every login here comes from 127.0.0.1: a larger allowance than one officer's (the limit has its own test)
+        server = ConsoleServer(node, root / "console", free_port(), WebSettings(logins=LoginLimits(burst=100)))
         for name, role in (("pc-4711", "reviewer"), ("pc-0815", "reviewer"), ("sgt-0042", "supervisor"),
-                           ("admin-1", "admin"), ("pc-9999", "reviewer")):
+                           ("admin-1", "admin"), ("pc-9999", "reviewer"), ("pc-1234", "reviewer")):
             server.add_account(name, role)
         server.start()
         with sync_playwright() as pw:
@@ -98,21 +117,64 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
         node.stop()
 
 
-def request(web: Web, method: str, path: str, body: str | None = None,
-            cookie: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """A plain HTTPS request from outside any browser (no cookies unless given)."""
+def connect(web: Web) -> http.client.HTTPSConnection:
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    conn = http.client.HTTPSConnection("127.0.0.1", web.server.port, context=ctx, timeout=10)
-    headers = {"content-type": "application/x-www-form-urlencoded"} if body is not None else {}
+    return http.client.HTTPSConnection("127.0.0.1", web.server.port, context=ctx, timeout=10)
+
+
+def request(web: Web, method: str, path: str, body: str | bytes | Iterator[bytes] | None = None,
+            cookie: str | None = None, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A plain HTTPS request from outside any browser (no cookies unless given; an iterator body goes chunked)."""
+    conn = connect(web)
+    headers = dict(headers or {})
+    if body is not None:
+        headers["content-type"] = "application/x-www-form-urlencoded"
     if cookie:
         headers["cookie"] = cookie
-    conn.request(method, path, body=body, headers=headers)
+    conn.request(method, path, body=body, headers=headers, encode_chunked=body is not None and
+                 not isinstance(body, str | bytes))
     resp = conn.getresponse()
     data = resp.read() if method != "GET" or path != "/events" or resp.status != 200 else b""
     out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
     conn.close()
     return out
+
+
+def stream(web: Web, cookie: str, until_event: str, last_id: str | None = None,
+           query: str = "") -> list[tuple[str | None, str, str]]:
+    """Reads /events as a page would (with Last-Event-ID when given) until an event of kind `until_event`
+    arrives: the (id, kind, data) of every event before it, and it."""
+    conn = connect(web)
+    headers = {"cookie": cookie, **({"last-event-id": last_id} if last_id else {})}
+    conn.request("GET", f"/events{query}", headers=headers)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    events: list[tuple[str | None, str, str]] = []
+    ident: str | None = None
+    kind = data = ""
+    try:
+        while True:
+            line = resp.fp.readline().decode().rstrip("\n")
+            if line.startswith("id: "):
+                ident = line[4:]
+            elif line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+            elif not line and kind:
+                events.append((ident, kind, data))
+                if kind == until_event:
+                    return events
+                ident, kind, data = None, "", ""
+    finally:
+        conn.close()
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run on a thread of its own (Playwright's sync API keeps a loop running in this one)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def until(page: Any, expression: str, timeout: float = 20.0) -> bool:
@@ -186,9 +248,33 @@ def test_an_alert_appears_live_with_its_crops_beside_the_reference_photo(web: We
         idb: (await indexedDB.databases()).length, caches: (await caches.keys()).length})""")
     assert storage == {"local": 0, "session": 0, "idb": 0, "caches": 0}
     page.screenshot(path=str(SHOTS / "alert.png"), full_page=True)
-    views = [(v["event_id"], v["account"]) for v in web.server.journal("view")]
-    assert (web.d1[0], "pc-4711") in views  # on the console's record: who viewed which alert
+    views = [(v.get("event_id") or v.get("entry_id"), v["account"], v.get("part"))
+             for v in web.server.journal("view")]
+    assert (web.d1[0], "pc-4711", None) in views  # on the console's record: who viewed which alert
+    # and every face served: both crops and the reference photo, with the part
+    assert {(web.d1[0], "pc-4711", "face"), (web.d1[0], "pc-4711", "context"),
+            (web.server.console.alert(web.d1[0]).entry_id, "pc-4711", "reference")} <= set(views)
     cookie = cookie_of(page)
+    for url, name in ((f"/alert/{web.d1[0]}/face.jpg", "face.jpg"), (f"/alert/{web.d1[0]}/context.jpg",
+                                                                      "context.jpg")):
+        code, headers, data = request(web, "GET", url, cookie=cookie)
+        assert code == 200 and data[:3] == b"\xff\xd8\xff" and headers["content-type"] == "image/jpeg"
+        assert headers["content-security-policy"] == IMAGE_CSP == "sandbox; default-src 'none'"
+        assert headers["content-disposition"] == f"inline; filename={name}"
+    entry = web.server.console.alert(web.d1[0]).entry_id
+    code, headers, _ = request(web, "GET", f"/reference/{entry}/0", cookie=cookie)
+    assert code == 200 and headers["content-type"] in ("image/jpeg", "image/png")
+    assert headers["content-security-policy"] == IMAGE_CSP
+    assert headers["content-disposition"] in ("inline; filename=reference.jpg", "inline; filename=reference.png")
+    # a page that reconnects (or was still loading) gets what it missed: numbered events, replayed
+    feed = web.server.web.feed
+    missed = stream(web, cookie, "alert", last_id=f"{feed.epoch}.0")
+    assert [k for _, k, _ in missed] == ["alert"] and missed[0][0] == f"{feed.epoch}.1"
+    replayed = stream(web, cookie, "alert", query=f"?since={feed.epoch}.1")  # the page's own position
+    assert replayed[0][0] == f"{feed.epoch}.2" and json.loads(replayed[0][2])["id"] in web.d1
+    assert {json.loads(missed[0][2])["id"], json.loads(replayed[0][2])["id"]} == set(web.d1)
+    # an id from another process (a restart) cannot be resumed: the page is told to load the queue afresh
+    assert [k for _, k, _ in stream(web, cookie, "reset", last_id="0badf00d.1")] == ["reset"]
     for forged in web.forged:
         assert request(web, "GET", f"/alert/{forged}", cookie=cookie)[0] == 404
     assert len(web.server.journal("event-rejected")) >= 2
@@ -228,6 +314,12 @@ def test_every_route_and_image_refuses_the_anonymous_and_a_post_needs_the_csrf_t
     code, headers, data = request(web, "GET", f"/alert/{event}/face.jpg", cookie=cookie)
     assert code == 200 and data[:2] == b"\xff\xd8" and headers["cache-control"] == "no-store"
     assert request(web, "GET", "/static/console.js")[2].startswith(b"//")  # assets need no session
+    # a request body is capped, declared or sent chunked: refused before anything reads it
+    big = "csrf=x&name=pc-0815&password=" + "p" * 70_000
+    code, headers, _ = request(web, "POST", "/login", big)
+    assert code == 413 and headers["cache-control"] == "no-store"
+    assert request(web, "POST", "/login", iter([b"name=pc-0815&password="] + [b"p" * 8192] * 10))[0] == 413
+    assert request(web, "POST", f"/alert/{event}/decide", big, cookie=cookie)[0] == 413
     # a state change without the session's CSRF token (or with another's) is refused, and changes nothing
     for body in ("outcome=confirmed&note=forged", "outcome=confirmed&note=forged&csrf=not-the-token"):
         assert request(web, "POST", f"/alert/{event}/decide", body, cookie=cookie)[0] == 403
@@ -292,11 +384,20 @@ def test_confirm_and_dismiss_reach_the_node_and_a_dismissal_destroys_the_evidenc
     page.context.close()
 
 
+def row_text(page: Any, event: str) -> str:
+    return str(page.evaluate(f"(document.querySelector(\"tr[data-event='{event}']\") || {{}}).textContent || ''"))
+
+
 def test_two_reviewers_must_agree_and_the_node_refuses_a_one_reviewer_command(web: Web) -> None:
     two, one = web.d2
+    watcher = web.login("sgt-0042")  # another officer's open queue follows each decision
+    watcher.wait_for_selector("#live-state.on")
+    assert "0 of 2 reviewers" in row_text(watcher, two)
     first = web.login("pc-4711")
     decide(first, web.server.url, two, "confirmed", "matches the reference")
     assert first.text_content("#alert-status") == "open" and "1 of 2 required" in first.inner_text("main")
+    assert until(watcher, f"(document.querySelector(\"tr[data-event='{two}']\") || {{}}).textContent"
+                          ".includes('1 of 2 reviewers')")
     decide(first, web.server.url, two, "confirmed", "again, to force it through")
     assert "Refused" in first.inner_text("#refused")  # one account cannot be both reviewers
     console = web.server.console
@@ -304,6 +405,14 @@ def test_two_reviewers_must_agree_and_the_node_refuses_a_one_reviewer_command(we
     second = web.login("pc-0815")
     decide(second, web.server.url, two, "confirmed", "agree: same person")
     assert second.text_content("#alert-status") == "confirmed"
+    assert until(watcher, f"!document.querySelector(\"tr[data-event='{two}']\")")  # it stands: it leaves
+    # the other alert: the two reviewers disagree, and the open queue says so
+    decide(first, web.server.url, one, "confirmed", "looks like him")
+    decide(second, web.server.url, one, "dismissed", "the ears differ")
+    assert second.text_content("#alert-status") == "disputed" and console.alert(one).outcome is None
+    assert until(watcher, f"(document.querySelector(\"tr[data-event='{one}'] .tag\") || {{}}).textContent "
+                          "=== 'disputed'")
+    watcher.context.close()
     # a console that sent one reviewer's review of a two-reviewer deployment: the node refuses it
     stored = console.store.get(one)
     lone = sign_review(console.fleet, console.review_key, stored, Standing("confirmed", ("pc-4711",)))
@@ -324,6 +433,101 @@ def test_two_reviewers_must_agree_and_the_node_refuses_a_one_reviewer_command(we
     assert wait_for(lambda: console.alert(two).node_answer == "recorded", 30)
     first.context.close()
     second.context.close()
+
+
+def edge_fleet_user(web: Web, *args: str, stdin: str | None = None) -> None:
+    """`edge-fleet console user ...` as the admin runs it on the console host: another process, same files."""
+    done = subprocess.run([sys.executable, "-m", "provisioning.cli", "console", "user", *args, "--console-dir",
+                           str(web.server.console_dir)], input=stdin, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_new_password_or_a_disabled_account_ends_open_sessions_and_their_live_queue(web: Web) -> None:
+    for name, change in (("pc-0815", ("passwd", "pc-0815", "--password-stdin")), ("pc-1234", ("disable", "pc-1234"))):
+        page = web.login(name)
+        page.wait_for_selector("#live-state.on")
+        cookie = cookie_of(page)
+        assert request(web, "GET", "/fleet", cookie=cookie)[0] == 200
+        edge_fleet_user(web, *change, stdin=PASSWORD + "\n")  # the same password: still a new one
+        # no alert, no click: the open stream's own re-check ends it, and the page says so
+        assert until(page, "document.getElementById('live-state').textContent === 'ended'")
+        assert "Session ended" in page.inner_text("#live-banner")
+        code, headers, _ = request(web, "GET", "/fleet", cookie=cookie)
+        assert code == 303 and headers["location"] == "/login"
+        page.context.close()
+    web.login("pc-0815").context.close()  # the new password logs in afresh
+    edge_fleet_user(web, "enable", "pc-1234")
+
+
+def test_the_live_queue_s_own_checks_are_not_use_so_an_idle_session_still_ends(web: Web) -> None:
+    from datetime import timedelta
+
+    t0 = now()
+    clock = [t0]
+    quiet = ConsoleWeb(web.server.console, lambda: clock[0], WebSettings(heartbeat_s=0.01))
+    token, _ = quiet.sessions.create("pc-4711", "reviewer", web.server.console.accounts.get("pc-4711").password_epoch)
+
+    async def read() -> list[str]:
+        out = []
+        async for chunk in quiet._stream(token, None):
+            out.append(chunk)
+            clock[0] += timedelta(minutes=7)  # 7, 14, 21 min: only heartbeats, no request of the officer's
+            if len(out) > 6:
+                break
+        return out
+
+    chunks = run_async(read())
+    assert chunks[0].startswith("retry:") and chunks[1:3] == [": alive\n\n", ": alive\n\n"]
+    assert chunks[3] == "event: ended\ndata: session\n\n" and len(chunks) == 4  # idle 21 min > 15: over
+
+
+def test_the_live_feed_is_bounded_numbered_and_keeps_a_decided_alert_out() -> None:
+    rows = {"a1": "<tr class='alert-row'>a1</tr>", "a2": "<tr class='alert-row'>a2</tr>"}
+    feed = AlertFeed(rows.get, stream_queue=3)
+
+    async def run() -> None:
+        with feed.subscription() as slow, feed.subscription() as fast:
+            feed.decided("a1", "dismissed")  # decided before its row was rendered...
+            await feed.render_and_publish("alert", "a1")  # ...so the late row is not sent
+            await feed.render_and_publish("alert", "a2")
+            got = [fast.queue.get_nowait() for _ in range(fast.queue.qsize())]
+            assert [(e.kind, e.seq) for e in got] == [("decided", 1), ("alert", 2)]
+            for n in range(5):  # `slow` never reads: it is bounded, then told to start afresh
+                feed.publish("changed", json.dumps({"n": n}))
+                while not fast.queue.empty():
+                    fast.queue.get_nowait()
+            assert slow.queue.qsize() == 1 and slow.queue.get_nowait().kind == "reset" and slow.overflowed
+        assert [e.seq for e in feed.missed(f"{feed.epoch}.5") or []] == [6, 7]
+        assert feed.missed(f"{feed.epoch}.99") is None and feed.missed("another.1") is None
+
+    run_async(run())
+
+
+def test_logins_are_limited_per_address_and_in_how_many_are_checked_at_once() -> None:
+    t = [0.0]
+    throttle = AddressThrottle(LoginLimits(burst=3, refill_s=6.0), clock=lambda: t[0])
+    for _ in range(3):
+        throttle.take("192.0.2.7")
+    with pytest.raises(LoginThrottledError) as refused:
+        throttle.take("192.0.2.7")
+    assert refused.value.retry_after == 6
+    throttle.take("192.0.2.8")  # another address has its own allowance
+    t[0] += 6.0
+    throttle.take("192.0.2.7")  # one more after refill_s
+    with pytest.raises(LoginThrottledError):
+        throttle.take("192.0.2.7")
+
+    async def gate() -> None:
+        g = LoginGate(LoginLimits(concurrent=2, wait_s=0.05))
+        async with g.slot(), g.slot():
+            with pytest.raises(LoginBusyError):
+                async with g.slot():
+                    pass
+        async with g.slot():  # freed again
+            pass
+
+    run_async(gate())
 
 
 def test_repeated_failed_logins_lock_the_account(web: Web) -> None:
@@ -385,11 +589,74 @@ def test_a_supervisor_sees_the_deployment_report_and_an_admin_the_accounts(web: 
                                             "rs => rs.map(r => [...r.cells].map(c => c.textContent))")
     rows = {r[0]: r[1:5] for r in cells[1:]}
     assert rows[D1] == ["2", "1", "1", "0"] and rows[D2] == ["2", "1", "0", "1"]  # alerts, conf., dism., open
+    assert supervisor.query_selector("#report-refused") is None
+    # a device audit log that does not verify: its figures are refused on the page, the console's still shown
+    node_log = web.node.site.node_dir / "audit" / "audit.jsonl"
+    tampered = web.node.site.root / "tampered-audit.jsonl"
+    shutil.copy(node_log, tampered)
+    lines = tampered.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["data"] = {**record["data"], "added": "afterwards"}
+    lines[1] = json.dumps(record)
+    tampered.write_text("\n".join(lines) + "\n")
+    console = web.server.console
+    console.fleet_view.audit_logs = (AuditSource(DEVICE, tampered),)
+    try:
+        supervisor.goto(f"{web.server.url}/report")
+        assert tampered.name in supervisor.inner_text("#report-refused")
+        assert D1 in supervisor.inner_text("table.report")
+    finally:
+        console.fleet_view.audit_logs = ()
     supervisor.context.close()
-    admin = web.login("admin-1")
-    admin.goto(f"{web.server.url}/admin")
+    admin = web.login("admin-1", lands="/admin")  # an admin starts on the accounts: no queue
     listed = admin.inner_text("table.accounts")
     assert all(name in listed for name in ("pc-4711", "pc-0815", "sgt-0042", "admin-1", "pc-9999"))
+    assert "Queue" not in admin.inner_text("header nav")
     admin.goto(f"{web.server.url}/alert/{web.d2[1]}")
-    assert admin.is_hidden("#decide")  # an admin decides nothing
+    assert "403" in admin.inner_text("main") and admin.query_selector("#face") is None
+    cookie = cookie_of(admin)
+    # an admin sees no face and no watch-list data: not the alert, its crops, the photo, nor the live queue
+    entry = web.server.console.alert(web.d2[1]).entry_id
+    for url in (f"/alert/{web.d2[1]}", f"/alert/{web.d2[1]}/face.jpg", f"/reference/{entry}/0", "/events"):
+        assert request(web, "GET", url, cookie=cookie)[0] == 403, url
+    assert request(web, "GET", "/", cookie=cookie)[1]["location"] == "/admin"
+    for url in ("/fleet", "/report", "/admin"):
+        assert request(web, "GET", url, cookie=cookie)[0] == 200, url
     admin.context.close()
+
+
+def test_the_fleet_page_says_what_it_cannot_read_in_a_device_state(web: Web) -> None:
+    from datetime import timedelta
+
+    odd = {"status": "online", "detail": {"camera": "reopening", "pipeline": [24], "shard": 7, "vault": None,
+                                          "effectiveness": {"d": 3, "e": {"faces_seen": 9}}}}
+    flat = {"status": "offline", "detail": ["not", "an", "object"]}
+    t = now()
+    html = web.server.web.templates.get_template("fleet.html").render(
+        devices=[DeviceView("dev-odd", True, t - timedelta(seconds=5), odd),
+                 DeviceView("dev-flat", False, t, flat),
+                 DeviceView("dev-list", True, t, {"status": "online", "detail": {"effectiveness": ["x"]}})],
+        now=t, session=None)
+    assert html.count("not readable") == 6 and "9 faces" in html  # camera, pipeline, shard, eff. d, list; flat
+    assert "state not readable" in html
+
+
+def test_a_flood_of_logins_from_one_address_is_refused_before_any_hashing(web: Web) -> None:
+    web.server.web.throttle = AddressThrottle(LoginLimits(burst=1, refill_s=600.0))
+    failed = len(web.server.journal("login-failed"))
+    answers = []
+    for _ in range(3):
+        ctx = web.browser.new_context(ignore_https_errors=True)
+        page = ctx.new_page()
+        page.goto(f"{web.server.url}/login")
+        page.fill("input[name=name]", "nobody-here")
+        page.fill("input[name=password]", "not the password")
+        with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            page.click("button[type=submit]")
+        answers.append((posted.value.status, posted.value.headers.get("retry-after")))
+        if posted.value.status == 429:
+            assert "Too many login attempts" in page.inner_text("#login-error")
+        ctx.close()
+    assert answers[0] == (401, None) and [code for code, _ in answers[1:]] == [429, 429]
+    assert all(0 < int(after or 0) <= 600 for _, after in answers[1:])
+    assert len(web.server.journal("login-failed")) == failed + 1  # only the one that was checked

@@ -1,8 +1,10 @@
 """Server-side sessions of the console: a random token in a cookie, everything else kept here.
 
 The browser holds only an opaque token (`__Host-` cookie: Secure, HttpOnly, SameSite=Strict, path /). The
-server keeps who is logged in, the session's CSRF token, and when it started and was last used; a session ends
-when idle too long, when it reaches its absolute age (a shift), at logout, or when its account is disabled.
+server keeps who is logged in, the session's CSRF token, the password epoch it logged in under, and when it
+started and was last used; a session ends when idle too long, when it reaches its absolute age (a shift), at
+logout, or when its account is disabled, changes role or gets a new password (the web layer checks those).
+Only a request the officer made counts as use: the live queue's own re-checks look without touching.
 Tokens are kept only as their SHA-256, so a dump of this table logs nobody in.
 """
 
@@ -49,6 +51,7 @@ class Session:
     csrf: str
     created: datetime
     last_seen: datetime
+    password_epoch: int = 0  # the account's password epoch at login
 
     def expired(self, at: datetime, limits: SessionLimits) -> bool:
         return at - self.last_seen > limits.idle or at - self.created > limits.absolute
@@ -71,18 +74,19 @@ class SessionStore:
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
 
-    def create(self, account: str, role: str) -> tuple[str, Session]:
+    def create(self, account: str, role: str, password_epoch: int = 0) -> tuple[str, Session]:
         """A new session for `account`; returns the cookie token (given to the browser once) and the session."""
         token = new_token()
         at = self._clock()
-        session = Session(account, role, new_token(), at, at)
+        session = Session(account, role, new_token(), at, at, password_epoch)
         with self._lock:
             self._drop_expired(at)
             self._sessions[_key(token)] = session
         return token, session
 
-    def use(self, token: str | None) -> Session:
-        """The live session for `token`, its idle timer restarted; raises NoSessionError/SessionExpiredError."""
+    def use(self, token: str | None, touch: bool = True) -> Session:
+        """The live session for `token`, its idle timer restarted (unless `touch` is False: a check that is not
+        the officer's doing, such as the event stream's); raises NoSessionError/SessionExpiredError."""
         if not token:
             raise NoSessionError("no session cookie")
         at = self._clock()
@@ -94,8 +98,9 @@ class SessionStore:
             if session.expired(at, self.limits):
                 del self._sessions[key]
                 raise SessionExpiredError(f"session of {session.account} expired")
-            session = replace(session, last_seen=at)
-            self._sessions[key] = session
+            if touch:
+                session = replace(session, last_seen=at)
+                self._sessions[key] = session
         return session
 
     def end(self, token: str | None) -> Session | None:

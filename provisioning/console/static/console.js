@@ -5,6 +5,7 @@
 (function () {
   let audio = null;
   let soundOn = true;
+  const decided = new Set();  // ids whose outcome stands: a row for one never comes back
 
   function beep() {
     // WebAudio, generated here: no sound file, nothing fetched. Browsers start audio only after the
@@ -50,12 +51,16 @@
     return body.querySelector('tr[data-event="' + CSS.escape(eventId) + '"]');
   }
 
+  function parsed(html) {
+    const holder = document.createElement("tbody");
+    holder.innerHTML = html;
+    return holder.querySelector("tr.alert-row");
+  }
+
   function added(body, msg) {
     // the server rendered the row (escaped by its templates); it goes in newest first by event time
-    if (rowOf(body, msg.id)) return false;
-    const holder = document.createElement("tbody");
-    holder.innerHTML = msg.html;
-    const row = holder.querySelector("tr.alert-row");
+    if (decided.has(msg.id) || rowOf(body, msg.id)) return false;
+    const row = parsed(msg.html);
     if (!row) return false;
     row.classList.add("new");
     const empty = body.querySelector("tr.empty");
@@ -71,7 +76,9 @@
   function live() {
     const state = document.getElementById("live-state");
     const body = document.getElementById("queue-rows");
-    const source = new EventSource("/events");
+    // from the position the page was rendered at: what arrived while it loaded comes first; on a reconnect
+    // the browser sends the last id it got (Last-Event-ID) and the server sends what was missed
+    const source = new EventSource("/events?since=" + encodeURIComponent(body.dataset.since || ""));
     source.onopen = function () { state.textContent = "live"; state.className = "dot on"; };
     source.onerror = function () { state.textContent = "reconnecting"; state.className = "dot off"; };
     source.addEventListener("alert", function (e) {
@@ -80,9 +87,29 @@
         beep();
       }
     });
+    source.addEventListener("changed", function (e) {
+      // a decision that did not settle it ("1 of 2", disputed): the row as it is now
+      const msg = JSON.parse(e.data);
+      const old = rowOf(body, msg.id);
+      const row = parsed(msg.html);
+      if (decided.has(msg.id) || !row) return;
+      if (old) {
+        if (old.classList.contains("new")) row.classList.add("new");
+        old.replaceWith(row);
+      } else {
+        added(body, msg);
+      }
+    });
     source.addEventListener("decided", function (e) {
-      const row = rowOf(body, JSON.parse(e.data).id);
+      const id = JSON.parse(e.data).id;
+      decided.add(id);
+      const row = rowOf(body, id);
       if (row) { row.remove(); counted(body); }
+    });
+    source.addEventListener("reset", function () {
+      // too far behind, or the console restarted: the queue is loaded afresh
+      source.close();
+      window.location.reload();
     });
     source.addEventListener("ended", function () {
       source.close();
