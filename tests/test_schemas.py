@@ -266,6 +266,9 @@ def test_state_with_effectiveness_and_vault_validates(device_key: Ed25519Private
     assert_valid("state.json", doc)
     doc["detail"]["vault"]["oldest_day"] = "yesterday"
     assert_invalid("state.json", doc)
+    for root in ({"version": 2, "review_role": True}, None):  # the root the node trusts (Node._root_detail)
+        assert_valid("state.json", {**doc, "detail": {**detail, "root": root}})
+    assert_invalid("state.json", {**doc, "detail": {**detail, "root": {"version": 0, "review_role": True}}})
 
 
 def test_command_results_validate(device_key: Ed25519PrivateKey) -> None:
