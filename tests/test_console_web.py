@@ -99,8 +99,10 @@ def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
     server: ConsoleServer | None = None
     try:
         node.deploy(D1, reviewers_required=1)
-        # every login here comes from 127.0.0.1: a larger allowance than one officer's (the limit has its own test)
-        server = ConsoleServer(node, root / "console", free_port(), WebSettings(logins=LoginLimits(burst=100)))
+        # every login here comes from 127.0.0.1: a larger allowance than one officer's (the limit has its own
+        # test); the stream's session re-check every second rather than 5 (a disabled account's stream ends sooner)
+        settings = WebSettings(logins=LoginLimits(burst=100), heartbeat_s=1.0)
+        server = ConsoleServer(node, root / "console", free_port(), settings)
         for name, role in (("pc-4711", "reviewer"), ("pc-0815", "reviewer"), ("sgt-0042", "supervisor"),
                            ("admin-1", "admin"), ("pc-9999", "reviewer"), ("pc-1234", "reviewer")):
             server.add_account(name, role)
@@ -483,22 +485,36 @@ def test_the_live_queue_s_own_checks_are_not_use_so_an_idle_session_still_ends(w
 
 
 def test_the_live_feed_is_bounded_numbered_and_keeps_a_decided_alert_out() -> None:
+    import threading
+
     rows = {"a1": "<tr class='alert-row'>a1</tr>", "a2": "<tr class='alert-row'>a2</tr>"}
-    feed = AlertFeed(rows.get, stream_queue=3)
+    rendering = threading.Event()
+
+    def render(event_id: str) -> str | None:
+        rendering.wait(10)  # a row still being rendered in a worker thread...
+        return rows.get(event_id)
+
+    feed = AlertFeed(render, stream_queue=3)
 
     async def run() -> None:
         with feed.subscription() as slow, feed.subscription() as fast:
-            feed.decided("a1", "dismissed")  # decided before its row was rendered...
-            await feed.render_and_publish("alert", "a1")  # ...so the late row is not sent
+            late = asyncio.create_task(feed.render_and_publish("alert", "a1"))
+            await asyncio.sleep(0)  # its render has begun
+            feed.decided("a1", "dismissed")  # ...when the alert is decided
+            rendering.set()
+            await late  # so the late row is not sent after the "decided"
             await feed.render_and_publish("alert", "a2")
+            await feed.render_and_publish("alert", "a1")  # rendered after: open again (the node refused)
             got = [fast.queue.get_nowait() for _ in range(fast.queue.qsize())]
-            assert [(e.kind, e.seq) for e in got] == [("decided", 1), ("alert", 2)]
+            assert [(e.kind, e.seq, json.loads(e.data)["id"]) for e in got] == [
+                ("decided", 1, "a1"), ("alert", 2, "a2"), ("alert", 3, "a1")]
+            assert slow.queue.qsize() == 3 and not slow.overflowed
             for n in range(5):  # `slow` never reads: it is bounded, then told to start afresh
                 feed.publish("changed", json.dumps({"n": n}))
                 while not fast.queue.empty():
                     fast.queue.get_nowait()
             assert slow.queue.qsize() == 1 and slow.queue.get_nowait().kind == "reset" and slow.overflowed
-        assert [e.seq for e in feed.missed(f"{feed.epoch}.5") or []] == [6, 7]
+        assert [e.seq for e in feed.missed(f"{feed.epoch}.6") or []] == [7, 8]
         assert feed.missed(f"{feed.epoch}.99") is None and feed.missed("another.1") is None
 
     run_async(run())
@@ -623,6 +639,34 @@ def test_a_supervisor_sees_the_deployment_report_and_an_admin_the_accounts(web: 
     for url in ("/fleet", "/report", "/admin"):
         assert request(web, "GET", url, cookie=cookie)[0] == 200, url
     admin.context.close()
+
+
+def test_a_refusal_for_an_alert_gone_meanwhile_is_a_404_not_a_500(web: Web) -> None:
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+
+    session = web.server.web.sessions.create("pc-4711", "reviewer")[1]
+    scope = {"type": "http", "method": "POST", "path": "/alert/gone/decide", "headers": [], "query_string": b"",
+             "state": {"session": session}}
+    with pytest.raises(HTTPException) as gone:  # the decision was refused, then retention purged the alert
+        run_async(web.server.web._refused(Request(scope), "01234567-gone", "already decided", 409))
+    assert gone.value.status_code == 404 and "already decided" in str(gone.value.detail)
+
+
+def test_console_serve_takes_review_keys_repeated_and_refuses_one_outside_the_review_role(web: Web) -> None:
+    fleet = web.node.fleet.dir
+    review = sorted((fleet / "keys").glob("review-*.pem"))[0]
+    command = sorted((fleet / "keys").glob("command-*.pem"))[0]
+    tls = web.node.broker.directory
+    done = subprocess.run(
+        [sys.executable, "-m", "provisioning.cli", "console", "serve", "--fleet-dir", str(fleet), "--broker",
+         web.node.url, "--listen", f"127.0.0.1:{free_port()}", "--tls-cert", str(tls / "broker.crt"), "--tls-key",
+         str(tls / "broker.key"), "--console-dir", str(web.node.site.root / "console-refused"),
+         "--review-key", str(review), "--review-key", str(command)],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and command.name in lines[0] and lines[0].startswith("edge-fleet console: "), lines
 
 
 def test_the_fleet_page_says_what_it_cannot_read_in_a_device_state(web: Web) -> None:

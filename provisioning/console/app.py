@@ -66,6 +66,7 @@ from provisioning.console.service import (
     ConsoleError,
     DuplicateReviewerError,
     EvidenceGoneError,
+    NothingToCompareError,
     ReviewerRoleError,
     UnknownAlertError,
 )
@@ -168,7 +169,7 @@ class AlertFeed:
         self.epoch = secrets.token_hex(4)  # a new one per process: a page's ids from before a restart are stale
         self._seq = 0
         self._recent: deque[FeedEvent] = deque(maxlen=REPLAY)
-        self._decided: OrderedDict[str, None] = OrderedDict()
+        self._decided: OrderedDict[str, int] = OrderedDict()  # event id -> seq of its "decided" event
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -189,19 +190,23 @@ class AlertFeed:
         task.add_done_callback(self._tasks.discard)
 
     async def render_and_publish(self, kind: str, event_id: str) -> None:
-        """The alert's row as an `alert` (new) or `changed` event, unless its outcome stands by then."""
+        """The alert's row as an `alert` (new, or open again after the node refused its review) or `changed`
+        event, unless its outcome stands by then. Pages replace a row they have."""
+        started = self._seq
         try:
             row = await run_in_threadpool(self._render_row, event_id)
         except ConsoleError as exc:  # gone again before it was shown (dismissed, purged)
             log.info("live queue: alert %s not shown: %s", event_id, exc)
             return
-        if row is None or event_id in self._decided:  # decided while its row was rendered: it stays out
+        if row is None or self._decided.get(event_id, -1) > started:  # decided while rendered: it stays out
             return
         self.publish(kind, json.dumps({"id": event_id, "html": row}))
 
     def decided(self, event_id: str, outcome: str) -> None:
-        """The alert's outcome stands: it leaves every open queue (and a row rendered late does not return)."""
-        self._decided[event_id] = None
+        """The alert's outcome stands: it leaves every open queue (and a row rendered meanwhile does not return;
+        one rendered after this does: the alert is open again)."""
+        self._decided.pop(event_id, None)
+        self._decided[event_id] = self._seq + 1  # the seq `publish` gives it below
         while len(self._decided) > DECIDED_KEPT:
             self._decided.popitem(last=False)
         self.publish("decided", json.dumps({"id": event_id, "outcome": outcome}))
@@ -410,7 +415,7 @@ class ConsoleWeb:
             raise HTTPException(404, f"no alert {event_id}") from None
         except ReviewerRoleError as exc:
             return await self._refused(request, event_id, str(exc), 403)
-        except (DuplicateReviewerError, AlreadyDecidedError) as exc:
+        except (DuplicateReviewerError, AlreadyDecidedError, NothingToCompareError) as exc:
             return await self._refused(request, event_id, str(exc), 409)
         if alert.outcome is not None:  # it leaves every open queue
             self.feed.decided(event_id, alert.outcome)

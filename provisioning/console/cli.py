@@ -89,8 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = fleet_settings(fleet, args.broker, "operator", name, passphrase("the operator key"))
     operator_key = args.operator_key or fleet.dir / "operators" / f"{name}.pem"
     try:
-        console = open_console(args.fleet_dir, args.console_dir, settings, operator_key, args.review_key, now,
-                               audit_sources(args.audit or ()))
+        console = open_console(args.fleet_dir, args.console_dir, settings, operator_key, args.review_key or None,
+                               now, audit_sources(args.audit or ()))
         console.start()
         try:
             serve(console, args.listen, args.tls_cert, args.tls_key)
@@ -222,9 +222,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     serve.add_argument("--operator", help="which operator's broker certificate (default: the only one)")
     serve.add_argument("--operator-key", type=Path, metavar="K",
                        help="the operator's evidence key that opens the crops (default: F/operators/NAME.pem)")
-    serve.add_argument("--review-key", type=Path, metavar="K",
-                       help="the key that signs review commands (the fleet's review role; it can sign nothing "
-                       "else)")
+    serve.add_argument("--review-key", type=Path, metavar="K", action="append",
+                       help="a key that signs review commands (the fleet root's review role: it can sign nothing "
+                       "else); repeat it when the role's threshold needs more than one. A key outside the role, or "
+                       "too few for its threshold, stops the console at start")
     serve.add_argument("--audit", action="append", metavar="DEVICE=PATH",
                        help="a device's audit.jsonl for the deployment report (repeat per device)")
     console_dir(serve)

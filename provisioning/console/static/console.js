@@ -5,7 +5,6 @@
 (function () {
   let audio = null;
   let soundOn = true;
-  const decided = new Set();  // ids whose outcome stands: a row for one never comes back
 
   function beep() {
     // WebAudio, generated here: no sound file, nothing fetched. Browsers start audio only after the
@@ -58,10 +57,17 @@
   }
 
   function added(body, msg) {
-    // the server rendered the row (escaped by its templates); it goes in newest first by event time
-    if (decided.has(msg.id) || rowOf(body, msg.id)) return false;
+    // the server rendered the row (escaped by its templates): a row the page has is replaced (a decision
+    // changed it, or a replay); a new one goes in newest first by event time. The server never sends a row
+    // for an alert after its "decided" unless the alert is open again (the node refused the review).
     const row = parsed(msg.html);
     if (!row) return false;
+    const old = rowOf(body, msg.id);
+    if (old) {
+      if (old.classList.contains("new")) row.classList.add("new");
+      old.replaceWith(row);
+      return false;
+    }
     row.classList.add("new");
     const empty = body.querySelector("tr.empty");
     if (empty) empty.remove();
@@ -88,21 +94,11 @@
       }
     });
     source.addEventListener("changed", function (e) {
-      // a decision that did not settle it ("1 of 2", disputed): the row as it is now
-      const msg = JSON.parse(e.data);
-      const old = rowOf(body, msg.id);
-      const row = parsed(msg.html);
-      if (decided.has(msg.id) || !row) return;
-      if (old) {
-        if (old.classList.contains("new")) row.classList.add("new");
-        old.replaceWith(row);
-      } else {
-        added(body, msg);
-      }
+      // a decision that did not settle it ("1 of 2", disputed): the row as it is now, no cue
+      added(body, JSON.parse(e.data));
     });
     source.addEventListener("decided", function (e) {
       const id = JSON.parse(e.data).id;
-      decided.add(id);
       const row = rowOf(body, id);
       if (row) { row.remove(); counted(body); }
     });
