@@ -653,6 +653,22 @@ def test_a_refusal_for_an_alert_gone_meanwhile_is_a_404_not_a_500(web: Web) -> N
     assert gone.value.status_code == 404 and "already decided" in str(gone.value.detail)
 
 
+def test_bytes_that_are_not_a_jpeg_or_png_are_never_served_as_an_image(web: Web) -> None:
+    entry = web.server.console.alert(web.d1[0]).entry_id
+    photo = next((web.node.fleet.dir / "watchlists").glob(f"*/photos/{entry}-0.*"))
+    kept = photo.read_bytes()
+    token, _ = web.server.web.sessions.create("pc-4711", "reviewer",
+                                              web.server.console.accounts.get("pc-4711").password_epoch)
+    views = len(web.server.journal("view"))
+    photo.write_bytes(b"<html><script>alert(document.cookie)</script></html>")  # what a file could hold
+    try:
+        code, headers, body = request(web, "GET", f"/reference/{entry}/0", cookie=f"__Host-console-session={token}")
+    finally:
+        photo.write_bytes(kept)
+    assert code == 415 and headers["content-type"].startswith("text/plain") and b"<script>" not in body
+    assert b"not a JPEG or PNG" in body and len(web.server.journal("view")) == views  # nothing was shown
+
+
 def test_console_serve_takes_review_keys_repeated_and_refuses_one_outside_the_review_role(web: Web) -> None:
     fleet = web.node.fleet.dir
     review = sorted((fleet / "keys").glob("review-*.pem"))[0]
