@@ -17,9 +17,10 @@ from mqttworld import Broker, Peer, fleet_broker, wait_for
 
 from edge.audit import AuditLog
 from edge.demo.run import DEMO_PASSPHRASE, FOOTAGE
-from edge.events.messages import sign_message, state_body
+from edge.events.messages import audit_checkpoint_body, command_result_body, sign_message, state_body
 from edge.events.topics import DeviceTopics
 from edge.identity import load_identity
+from edge.trust.root import parse_envelope
 from edge.trust.times import now
 from edge.vault import STORAGE_PURPOSE, EvidenceGoneError, EvidenceVault
 from provisioning.console.fleetview import AuditReportError, FleetView
@@ -190,3 +191,90 @@ def test_reviews_reach_the_real_node_which_records_them_and_the_answers_are_reco
     with pytest.raises(AuditReportError, match=r"demo-node=.*audit\.jsonl: refused"):
         view.report(store.counts())
     store.close()
+
+
+def signed(world: SmallFleet, device: str, body: dict[str, object]) -> bytes:
+    return sign_message(body, world.devices[device].signing_key)
+
+
+def test_signed_but_malformed_device_messages_are_dropped_and_the_ingest_goes_on(
+        broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = small_fleet(tmp_path, monkeypatch)
+    console = console_on(broker, world, tmp_path / "console")
+    console.start()
+    cam1 = Peer(broker, "cam-01").connect()
+    try:
+        assert wait_for(lambda: console.ingest.health.subscribed), console.ingest.health
+        topics = DeviceTopics("cam-01")
+        checkpoint = audit_checkpoint_body("cam-01", 7, "ab" * 32, now())
+        no_seq = {k: v for k, v in checkpoint.items() if k != "seq"}
+        answer = command_result_body("019a0000-0000-7000-8000-0000000000ad", "cam-01",
+                                     "019a0000-0000-7000-8000-0000000000ae", "review", True, "ok", "done", now())
+        odd_answer = {**{k: v for k, v in answer.items() if k != "detail"}, "ok": "yes"}
+        odd_state = state_body("cam-01", "online", now(), "boot-1", {"effectiveness": ["not", "an", "object"]})
+        _t, event_id, event = world.event("cam-01", reviewers_required=1, retention_days=30)
+        sends = [(topics.audit, signed(world, "cam-01", no_seq)), (topics.command_result, signed(world, "cam-01",
+                                                                                                   odd_answer)),
+                 (topics.state, signed(world, "cam-01", odd_state)), (topics.match, event),
+                 (topics.audit, signed(world, "cam-01", checkpoint))]
+        infos = [cam1.client.publish(t, data, qos=1) for t, data in sends]
+        assert wait_for(lambda: all(i.mid in cam1.acks for i in infos))
+        # each bad body is dropped and counted; the genuine event after them is an alert, the checkpoint kept
+        assert wait_for(lambda: [a.event_id for a in console.queue()] == [event_id]
+                        and "cam-01" in console.fleet_view.audit_heads()), console.ingest.health
+        health = console.ingest.health
+        assert (health.malformed, health.store_errors) == (3, 0)  # (unverified: other tests' retained states)
+        assert console.fleet_view.audit_heads()["cam-01"].seq == 7
+        assert {d.device_id: d for d in console.devices()}["cam-01"].online is None  # the odd state not taken
+    finally:
+        cam1.close()
+        console.stop()
+
+
+def test_the_review_thread_survives_a_bad_answer_and_each_answer_arrives_once(
+        broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    world = small_fleet(tmp_path, monkeypatch)
+    console = console_on(broker, world, tmp_path / "console")
+    console.start()
+    node = Peer(broker, "cam-01").connect().subscribe(DeviceTopics("cam-01").command("review"))
+    console.accounts.add("PC-4711", "reviewer", PASSWORD)
+    reviewer = console.accounts.get("PC-4711")
+
+    def command_ids() -> list[str]:
+        with node.lock:
+            return [parse_envelope(bytes(m.payload), "edge-command").body["command_id"] for m in node.messages]
+
+    def answer(command_id: str, n: int, **changes: object) -> None:
+        body = command_result_body(f"019a0000-0000-7000-8000-00000000{n:04x}", "cam-01", command_id, "review",
+                                   True, "ok", "done", now())
+        info = node.client.publish(DeviceTopics("cam-01").command_result,
+                                   signed(world, "cam-01", {**body, **changes}), qos=1)
+        assert wait_for(lambda: info.mid in node.acks)
+
+    try:
+        assert wait_for(lambda: console.ingest.health.subscribed), console.ingest.health
+        for seq in (1, 2):
+            topic, _e, event = world.event("cam-01", seq=seq, reviewers_required=1, retention_days=30)
+            node.client.publish(topic, event, qos=1)
+        assert wait_for(lambda: len(console.queue()) == 2)
+        first, second = sorted(a.event_id for a in console.queue())
+        console.decide(first, reviewer, "dismissed", "")
+        assert wait_for(lambda: len(command_ids()) == 1)
+        answer(command_ids()[0], 1, detail=None)  # signed by the device, but detail is not an object
+        # not an answer the console can read: the sender says there is none yet, and goes on with the next one
+        assert wait_for(lambda: (console.alert(first).node_answer or "").startswith("no answer yet"))
+        console.decide(second, reviewer, "dismissed", "")
+        assert wait_for(lambda: len(command_ids()) == 2)
+        answer(command_ids()[1], 2)
+        assert wait_for(lambda: console.alert(second).node_answer == "recorded")
+        answer(command_ids()[0], 3)  # the node's late, well-formed answer to the first: taken by the ingest
+        assert wait_for(lambda: console.alert(first).node_answer == "recorded")
+        # a state after the answers: once it is in, every copy of the answers before it is too
+        online = state_body("cam-01", "online", now(), "boot-1", {})
+        node.client.publish(DeviceTopics("cam-01").state, signed(world, "cam-01", online), qos=1)
+        assert wait_for(lambda: {d.device_id: d for d in console.devices()}["cam-01"].online is True)
+        # the broken answer and the late one reached the ingest, once each (one cmd-result subscription)
+        assert console.ingest.health.answers == 2 and console.ingest.health.malformed == 1
+    finally:
+        node.close()
+        console.stop()

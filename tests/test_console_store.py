@@ -17,6 +17,7 @@ from consolefleet import CONTEXT, FACE, Clock, SmallFleet, listed_entry, review_
 from edge.demo.run import FOOTAGE, WATCHLIST_CSV
 from edge.events.commands import signing_role
 from edge.events.link import BrokerSettings
+from edge.events.messages import COMMAND_RESULT, command_result_body
 from edge.trust.keys import key_id
 from edge.trust.root import parse_envelope
 from edge.trust.times import now
@@ -50,9 +51,11 @@ def console_for(world: SmallFleet, tmp_path: Path, clock: Clock) -> Console:
     client.settings = unused
     review = world.fleet.read_key(review_key_path(world.fleet))
     c = Console(world.fleet, tmp_path / "console", client, world.operator, review, clock)
+    have = {a.name for a in c.accounts.all()}  # a console opened again on the same directory keeps its accounts
     for name, role in (("PC-4711", "reviewer"), ("PC-0815", "reviewer"), ("PC-1234", "reviewer"),
                        ("sgt-0042", "supervisor"), ("admin-1", "admin")):
-        c.accounts.add(name, role, PASSWORD)
+        if name not in have:
+            c.accounts.add(name, role, PASSWORD)
     return c
 
 
@@ -350,3 +353,143 @@ def test_a_decision_by_an_account_disabled_before_the_outcome_stands_does_not_co
     command = console.sender._queue.get_nowait()
     assert command is not None
     assert parse_envelope(command.envelope, "edge-command").body["args"]["reviewers"] == ["PC-0815", "PC-1234"]
+
+
+def test_review_commands_survive_a_restart_and_are_sent_again_until_the_node_answers(
+        built: SmallFleet, tmp_path: Path) -> None:
+    clock = Clock(now())
+    first = console_for(built, tmp_path, clock)
+    entry = listed_entry(built.fleet)
+    answered, waiting, expiring = (feed(first, built, entry_id=entry, reviewers_required=1, retention_days=30)
+                                   for _ in range(3))
+    commands = {}
+    for event_id in (answered, waiting, expiring):
+        first.decide(event_id, account(first, "PC-4711"), "confirmed", "")
+        command = first.sender._queue.get_nowait()
+        assert command is not None
+        commands[event_id] = command
+    ok = command_result_body("019a0000-0000-7000-8000-0000000000aa", "cam-01", commands[answered].command_id,
+                             "review", True, "ok", "done", now())
+    first.intake.device_message("cam-01", COMMAND_RESULT, ok)
+    assert first.alert(answered).node_answer == "recorded"
+    # an outcome decided while the console had no review key: not sent
+    keyless = Console(built.fleet, tmp_path / "console", first.ingest.client, built.operator, None, clock)
+    first.store.close()
+    unsent = feed(keyless, built, entry_id=entry, reviewers_required=1, retention_days=30)
+    keyless.decide(unsent, account(keyless, "PC-0815"), "dismissed", "")
+    assert (keyless.alert(unsent).node_answer or "").startswith("not sent: the console has no review key")
+    keyless.store.close()
+
+    # a restart: nothing in memory; the kept commands go out again, the unsent one is signed now
+    clock.t += timedelta(hours=1)
+    again = console_for(built, tmp_path, clock)
+    assert again.resend_pending() == 3
+    resent = drain(again)
+    assert set(resent) == {waiting, expiring, unsent}
+    assert resent[waiting].envelope == commands[waiting].envelope  # the same signed command: the node takes it once
+    assert resent[unsent].command_id == again.store.get(unsent).review_command_id
+    assert parse_envelope(resent[unsent].envelope, "edge-command").body["args"] == {
+        "event_id": unsent, "outcome": "dismissed", "reviewers": ["PC-0815"]}
+    # the node had the command already (its first answer lost): that does not undo a recorded answer elsewhere
+    replay = command_result_body("019a0000-0000-7000-8000-0000000000ab", "cam-01", commands[waiting].command_id,
+                                 "review", False, "CommandReplayError", "command was received before", now())
+    again.intake.device_message("cam-01", COMMAND_RESULT, replay)
+    assert (again.alert(waiting).node_answer or "").startswith("the node had this command already")
+    again.store.close()
+
+    # eight days on, the kept command has expired: a new one is signed (a new id), the answered ones are left alone
+    clock.t += timedelta(days=8)
+    later = console_for(built, tmp_path, clock)
+    assert later.resend_pending() == 2
+    fresh = drain(later)
+    assert set(fresh) == {expiring, unsent} and fresh[expiring].command_id != commands[expiring].command_id
+    sent = [r["data"] for r in journal(tmp_path) if r["kind"] == "review-sent" and r["data"].get("resent")]
+    assert len(sent) == 5
+    later.store.close()
+
+
+def drain(console: Console) -> dict[str, Any]:
+    """The review commands queued on a console that is not started, by event id."""
+    out = {}
+    while not console.sender._queue.empty():
+        command = console.sender._queue.get_nowait()
+        assert command is not None
+        out[command.event_id] = command
+    return out
+
+
+def test_a_node_refusing_too_few_reviewers_reopens_the_alert(built: SmallFleet, tmp_path: Path) -> None:
+    console = console_for(built, tmp_path, Clock(now()))
+    built.deployment("dep-1", retention_days=30, reviewers_required=1)  # the fleet's record says one
+    event_id = feed(console, built, entry_id=listed_entry(built.fleet))
+    heard: list[str] = []
+    console.listen(heard.append)
+    assert console.decide(event_id, account(console, "PC-4711"), "confirmed", "").outcome == "confirmed"
+    command = console.sender._queue.get_nowait()
+    assert command is not None
+    refusal = command_result_body("019a0000-0000-7000-8000-0000000000ac", "cam-01", command.command_id, "review",
+                                  False, "TooFewReviewersError", "deployment dep-1 requires 2 distinct reviewers; "
+                                  "the review names 1: nothing recorded, the evidence is kept", now())
+    console.intake.device_message("cam-01", COMMAND_RESULT, refusal)
+    a = console.alert(event_id)
+    assert a.outcome is None and a.reviewers_required == 2 and [d.reviewer for d in a.decisions] == ["PC-4711"]
+    assert a.node_answer is not None and a.node_answer.startswith("TooFewReviewersError: deployment dep-1 requires 2")
+    assert [x.event_id for x in console.queue()] == [event_id] and heard == [event_id]
+    console.intake.device_message("cam-01", COMMAND_RESULT, refusal)  # the same answer again: nothing more
+    assert heard == [event_id]
+    a = console.decide(event_id, account(console, "PC-0815"), "confirmed", "")
+    assert a.outcome == "confirmed"
+    second = console.sender._queue.get_nowait()
+    assert second is not None and second.command_id != command.command_id
+    assert parse_envelope(second.envelope, "edge-command").body["args"]["reviewers"] == ["PC-4711", "PC-0815"]
+    reopened = [r["data"] for r in journal(tmp_path) if r["kind"] == "review-result" and r["data"].get("reopened")]
+    assert [(r["event_id"], r["reviewers_required"]) for r in reopened] == [(event_id, 2)]
+
+
+def test_a_dismissal_whose_destruction_fails_is_sent_all_the_same_and_destroyed_later(
+        world: SmallFleet, tmp_path: Path) -> None:
+    import sqlite3
+    console = console_for(world, tmp_path, Clock(now()))
+    event_id = feed(console, world, reviewers_required=1, retention_days=30)
+    other = sqlite3.connect(tmp_path / "console" / "evidence" / "vault.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the vault: the deletion cannot run
+    try:
+        a = console.decide(event_id, account(console, "PC-4711"), "dismissed", "not him")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert a.outcome == "dismissed"
+    command = console.sender._queue.get_nowait()  # queued although the destruction failed
+    assert command is not None and console.store.get(event_id).review_command_id == command.command_id
+    assert console.evidence(event_id, "face")[0] == FACE  # still here, for now
+    assert console.store.undestroyed_dismissals() == [event_id]
+    failed = [r["data"] for r in journal(tmp_path) if r["kind"] == "evidence-destroy-failed"]
+    assert [f["event_id"] for f in failed] == [event_id] and "locked" in failed[0]["reason"]
+
+    console.housekeeping()  # what the console runs every minute
+    with pytest.raises(EvidenceGoneError):
+        console.evidence(event_id, "face")
+    assert console.store.undestroyed_dismissals() == []
+    destroyed = [r["data"] for r in journal(tmp_path) if r["kind"] == "evidence-destroyed"]
+    assert destroyed == [{"reason": "dismissed", "event_ids": [event_id], "keys": []}]
+
+
+def test_review_keys_are_checked_against_the_roots_review_role_and_threshold(
+        world: SmallFleet, tmp_path: Path) -> None:
+    from provisioning.console.reviews import check_review_keys
+    from provisioning.console.service import ReviewKeyError, open_console
+    fleet = world.fleet
+    settings = BrokerSettings("127.0.0.1", 1, tmp_path / "ca", tmp_path / "crt", tmp_path / "key")
+    command_key = fleet.dir / "keys" / "command-1.pem"
+    with pytest.raises(ReviewKeyError, match=r"command-1\.pem: key [0-9a-f]{16} is a command key of root v1, not of "
+                                             "its review role: it cannot sign reviews; the console must not hold"):
+        open_console(fleet.dir, tmp_path / "c", settings, None, command_key)
+    review_1 = review_key_path(fleet)
+    assert review_1.name == "review-1.pem"
+    review_2, _root = fleet.add_key("review")
+    fleet.set_threshold("review", 2)
+    with pytest.raises(ReviewKeyError, match=r"review-1\.pem: 1 distinct review key\(s\) given; root v3 needs 2"):
+        open_console(fleet.dir, tmp_path / "c", settings, None, [review_1, review_1])
+    check_review_keys(fleet, [(p, fleet.read_key(p)) for p in (review_1, review_2)])  # both: the threshold is met
+    with pytest.raises(ReviewKeyError, match=r"nothing\.pem: cannot read the review key"):
+        open_console(fleet.dir, tmp_path / "c", settings, None, [review_1, tmp_path / "nothing.pem"])

@@ -29,7 +29,7 @@ DEVICE_FIGURES = ("faces_seen", "alerts", "confirmed", "dismissed", "unreviewed"
 STATE_FIELDS = frozenset({"type", "schema", "device_id", "status", "ts", "boot_id", "detail"})
 CHECKPOINT_FIELDS = frozenset({"type", "schema", "device_id", "seq", "head", "ts"})
 EFFECTIVENESS_FIGURES = ("faces_seen", "alerts", "confirmed", "dismissed")
-DETAIL_OBJECTS = ("camera", "vault", "outbox")  # when present, objects (the fleet page reads into them)
+DETAIL_OBJECTS = ("vault", "outbox")  # objects when present, as the state schema says (the fleet page reads them)
 
 
 class AuditReportError(ConsoleError):
@@ -81,7 +81,8 @@ def _time(body: Mapping[str, Any], what: str) -> str:
 
 def check_state(body: Mapping[str, Any]) -> dict[str, Any]:
     """A verified state body, its fields checked as far as the console reads them (MessageFormatError naming the
-    field): status online/offline, detail an object whose effectiveness, camera, vault and outbox are objects."""
+    field): status online/offline, detail an object whose effectiveness, vault and outbox are objects (the rest of
+    detail is an open set: shown as it came)."""
     _exact(body, STATE_FIELDS, "state")
     if body["status"] not in ("online", "offline"):
         raise MessageFormatError("state: status: expected online or offline")
