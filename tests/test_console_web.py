@@ -462,7 +462,8 @@ def test_a_new_password_or_a_disabled_account_ends_open_sessions_and_their_live_
     edge_fleet_user(web, "enable", "pc-1234")
 
 
-def test_the_live_queue_s_own_checks_are_not_use_so_an_idle_session_still_ends(web: Web) -> None:
+def test_an_open_live_queue_keeps_the_officer_on_watch_logged_in_until_the_shift_ends(web: Web) -> None:
+    """Watching the queue is use (no idle logout while waiting for alerts), but never past the absolute age."""
     from datetime import timedelta
 
     t0 = now()
@@ -470,18 +471,19 @@ def test_the_live_queue_s_own_checks_are_not_use_so_an_idle_session_still_ends(w
     quiet = ConsoleWeb(web.server.console, lambda: clock[0], WebSettings(heartbeat_s=0.01))
     token, _ = quiet.sessions.create("pc-4711", "reviewer", web.server.console.accounts.get("pc-4711").password_epoch)
 
-    async def read() -> list[str]:
+    async def read(step: timedelta, most: int) -> list[str]:
         out = []
         async for chunk in quiet._stream(token, None):
             out.append(chunk)
-            clock[0] += timedelta(minutes=7)  # 7, 14, 21 min: only heartbeats, no request of the officer's
-            if len(out) > 6:
+            clock[0] += step  # only heartbeats: no page, image or decision of the officer's
+            if len(out) >= most:
                 break
         return out
 
-    chunks = run_async(read())
-    assert chunks[0].startswith("retry:") and chunks[1:3] == [": alive\n\n", ": alive\n\n"]
-    assert chunks[3] == "event: ended\ndata: session\n\n" and len(chunks) == 4  # idle 21 min > 15: over
+    watching = run_async(read(timedelta(minutes=14), 6))  # 70 min of quiet watching, idle limit 15 min
+    assert watching[0].startswith("retry:") and watching[1:] == [": alive\n\n"] * 5
+    ended = run_async(read(timedelta(hours=3), 8))  # the shift's 10 h pass
+    assert ended[-1] == "event: ended\ndata: session\n\n" and ended[1:-1] == [": alive\n\n"] * (len(ended) - 2)
 
 
 def test_the_live_feed_is_bounded_numbered_and_keeps_a_decided_alert_out() -> None:

@@ -498,9 +498,11 @@ class ConsoleWeb:
                                  headers={"x-accel-buffering": "no"})
 
     def _still_live(self, token: str | None) -> bool:
-        """The full session check, not counted as use (the stream is not the officer acting)."""
+        """The full session check (account enabled, same role, same password, absolute age). An open live queue
+        is the officer on watch, so it counts as use: an officer waiting for alerts is not logged out for being
+        idle, and the session still ends at its absolute age (a shift) or when the account changes."""
         try:
-            self.live(token, touch=False)
+            self.live(token, touch=True)
         except Anonymous:
             return False
         return True

@@ -4,7 +4,8 @@ The browser holds only an opaque token (`__Host-` cookie: Secure, HttpOnly, Same
 server keeps who is logged in, the session's CSRF token, the password epoch it logged in under, and when it
 started and was last used; a session ends when idle too long, when it reaches its absolute age (a shift), at
 logout, or when its account is disabled, changes role or gets a new password (the web layer checks those).
-Only a request the officer made counts as use: the live queue's own re-checks look without touching.
+A request the officer made counts as use, and so does an open live queue (an officer on watch, waiting for
+alerts); the absolute age ends every session however it is used.
 Tokens are kept only as their SHA-256, so a dump of this table logs nobody in.
 """
 
