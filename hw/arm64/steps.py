@@ -142,8 +142,14 @@ def demo(chroot: Chroot, python: Path, frames: int, logs: Path) -> str:
     (logs / "demo.err").write_text(done.stderr)
     if done.returncode != 0:
         raise _failed("edge-node demo on arm64", done, logs / "demo.log")
-    entries = json.loads((chroot.root / "root/demo/fleet/watchlists/demo/entries.json").read_text())
-    listed = next(e["id"] for e in entries["entries"] if e["reference"] == LISTED)
+    entries_file = chroot.root / "root/demo/fleet/watchlists/demo/entries.json"
+    try:
+        entries = json.loads(entries_file.read_text())["entries"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ProofError(f"the demo's watch list {entries_file}: {exc}") from None
+    listed = next((e["id"] for e in entries if e["reference"] == LISTED), None)
+    if listed is None:
+        raise ProofError(f"{entries_file}: no entry {LISTED}")
     alerts = [json.loads(line)["entry_id"] for line in done.stdout.splitlines() if line.strip()]
     if not alerts:
         raise ProofError(f"edge-node demo on arm64 raised no alert (log: {logs / 'demo.err'})")
@@ -200,12 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.clip_frames < 1:
         p.error("--clip-frames must be at least 1")
+    if not args.python.is_file():  # before minutes of building
+        p.error(f"--python {args.python}: no such interpreter (make the checkout's venv: scripts/bootstrap)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     opts = Options(args.cache.expanduser().resolve(), args.cache.expanduser().resolve() / "logs" / stamp,
                    args.rebuild, args.keep, args.clip_frames, args.python)
     try:
         prove(opts)
     except (ProofError, RootfsBuildError, WheelSetError, EmulationError) as exc:
+        print(f"proof: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as exc:  # a host tool (git, cp, du, pip freeze) failed
+        print(f"proof: FAILED: {' '.join(map(str, exc.cmd))} exited {exc.returncode}", file=sys.stderr)
+        return 1
+    except subprocess.TimeoutExpired as exc:
+        print(f"proof: FAILED: {' '.join(map(str, exc.cmd))[-200:]} ran over {exc.timeout:.0f} s", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file or tool the proof needs is missing
         print(f"proof: FAILED: {exc}", file=sys.stderr)
         return 1
     return 0
