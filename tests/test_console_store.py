@@ -493,3 +493,22 @@ def test_review_keys_are_checked_against_the_roots_review_role_and_threshold(
     check_review_keys(fleet, [(p, fleet.read_key(p)) for p in (review_1, review_2)])  # both: the threshold is met
     with pytest.raises(ReviewKeyError, match=r"nothing\.pem: cannot read the review key"):
         open_console(fleet.dir, tmp_path / "c", settings, None, [review_1, tmp_path / "nothing.pem"])
+
+
+def test_a_store_from_before_the_kept_commands_resends_only_the_unanswered(world: SmallFleet, tmp_path: Path) -> None:
+    import sqlite3
+    console = console_for(world, tmp_path, Clock(now()))
+    answered, waiting = (feed(console, world, reviewers_required=1, retention_days=30) for _ in range(2))
+    for event_id in (answered, waiting):
+        console.decide(event_id, account(console, "PC-4711"), "dismissed", "")
+    console.store.set_node_answer(console.store.get(answered).review_command_id or "", "recorded")
+    console.store.set_node_answer(console.store.get(waiting).review_command_id or "", "no answer yet: ...", False)
+    console.store.close()
+    db = sqlite3.connect(tmp_path / "console" / "alerts.db")
+    for column in ("terms_note", "review_envelope", "review_expires", "answer_final"):  # as the console made it
+        db.execute(f"ALTER TABLE alerts DROP COLUMN {column}")
+    db.commit()
+    db.close()
+    store = AlertStore(tmp_path / "console", now)
+    assert [p.event_id for p in store.pending_reviews()] == [waiting]
+    store.close()

@@ -225,6 +225,9 @@ class AlertStore:
             for name, kind in _ADDED_COLUMNS:
                 if name not in have:
                     self._db.execute(f"ALTER TABLE alerts ADD COLUMN {name} {kind}")
+            if "answer_final" not in have:  # a store from before: an answer it recorded was the node's own
+                self._db.execute("UPDATE alerts SET answer_final = 1 WHERE outcome IS NOT NULL AND node_answer IS NOT "
+                                 "NULL AND node_answer NOT LIKE 'no answer yet%' AND node_answer NOT LIKE 'not sent%'")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the console's alert store ({exc})") from None
 
