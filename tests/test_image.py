@@ -142,7 +142,7 @@ def test_the_boot_partition_holds_the_pi_firmware_kernel_and_device_tree(
     cmdline = subprocess.run(["mtype", "-i", f"{image}@@{start}", "::/cmdline.txt"], capture_output=True, text=True,
                              check=True).stdout
     assert "root=LABEL=EDGEROOT" in cmdline
-    assert ("console=serial0" in cmdline) == manifest["debug_console"]
+    assert ("console=ttyS1" in cmdline) == manifest["debug_console"]
 
 
 @built

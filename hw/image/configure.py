@@ -19,6 +19,7 @@ GADGET_MODULES = "dwc2\ng_serial\n"  # the Pi 4's USB-C port as a peripheral, an
 FSTAB = (f"LABEL={ROOT_LABEL}  /               ext4  rw,noatime,errors=remount-ro  0  1\n"
          f"LABEL={BOOT_LABEL}  /boot/firmware  vfat  rw,noatime,umask=0077,nofail  0  2\n")
 WIRED = "[Match]\nName=e*\n\n[Network]\nDHCP=yes\n"
+DEBUG_CONSOLE = "console=ttyS1,115200"
 AUTOLOGIN = ("# hw/image --debug-console: a root shell on the serial console, for the boot test only\n"
              "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud "
              "115200,57600,38400,9600 %I $TERM\n")
@@ -31,7 +32,7 @@ class ConfigureError(Exception):
 @dataclass(frozen=True)
 class Console:
     """Production: no serial console, no getty on any serial port. Debug: the kernel and a root shell on the
-    first UART (ttyAMA0 on qemu virt and the Pi 4's GPIO 14/15) and the agent's test port taken by the agent
+    first UART (ttyAMA0 on qemu virt, ttyS1 on the Pi 4's GPIO 14/15) and the agent's test port taken by the agent
     alone."""
 
     debug: bool
@@ -80,9 +81,12 @@ def consoles(root: Path, console: Console) -> None:
     dropin = units / "serial-getty@.service.d"
     dropin.mkdir(exist_ok=True)
     (dropin / "autologin.conf").write_text(AUTOLOGIN)
+    # the Pi 4's GPIO 14/15 UART under Debian's upstream device tree (raspi-firmware's "auto" picks it too);
+    # raspi-extra-cmdline keeps it across kernel updates, which rewrite cmdline.txt
+    (root / "etc/default/raspi-extra-cmdline").write_text(DEBUG_CONSOLE + "\n")
     cmdline = root / "boot/firmware/cmdline.txt"
-    if cmdline.is_file() and "console=serial0" not in cmdline.read_text():
-        cmdline.write_text(cmdline.read_text().strip() + " console=serial0,115200\n")
+    if cmdline.is_file() and DEBUG_CONSOLE not in cmdline.read_text():
+        cmdline.write_text(cmdline.read_text().strip() + f" {DEBUG_CONSOLE}\n")
     if console.agent_port:
         (units / f"serial-getty@{console.agent_port}.service").symlink_to("/dev/null")
 
