@@ -67,9 +67,10 @@ class Console:
 
     def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
         deadline = time.monotonic() + timeout
+        wanted = re.compile(pattern, re.DOTALL)
         while time.monotonic() < deadline:
             with self._lock:
-                m = re.compile(pattern).search(self.text, start)
+                m = wanted.search(self.text, start)
             if m:
                 return m
             if self.proc.poll() is not None:
@@ -117,7 +118,8 @@ def boot_files(image: Path, into: Path) -> tuple[Path, Path]:
 
 def qemu_command(image: Path, kernel: Path, initrd: Path, memory_mib: int, cpus: int) -> list[str]:
     return ["nice", "-n", "10", "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72", "-smp", str(cpus),
-            "-m", str(memory_mib), "-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none",
+            "-m", str(memory_mib), "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-nic", "user,model=virtio-net-pci",
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", "root=LABEL=EDGEROOT rw rootwait console=ttyAMA0 net.ifnames=0",
             "-drive", f"file={image},format=raw,if=none,id=hd,snapshot=on", "-device", "virtio-blk-device,drive=hd",

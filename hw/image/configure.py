@@ -40,7 +40,8 @@ class Console:
 
 
 def _chroot(root: Path, argv: list[str], what: str, env: dict[str, str] | None = None) -> str:
-    done = Chroot(root).run(argv, env=env)
+    path = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"}  # dpkg needs ldconfig, start-stop-daemon
+    done = Chroot(root).run(argv, env=path | (env or {}))
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["(no output)"])[-1]
         raise ConfigureError(f"{what}: {' '.join(argv)} exited {done.returncode}: {last}")

@@ -30,8 +30,8 @@ KERNEL_DTB=auto
 PACKAGES = (
     "linux-image-arm64", "raspi-firmware", "firmware-brcm80211",  # the Pi 4's kernel, boot firmware, Wi-Fi
     "initramfs-tools", "systemd-sysv", "udev", "kmod", "dbus", "systemd-timesyncd",  # boot, time by NTP
-    "python3.11", "libstdc++6", "libgcc-s1", "init-system-helpers",  # the node's .deb's dependencies
-    "iproute2", "netbase",
+    "python3", "python3.11", "libstdc++6", "libgcc-s1", "init-system-helpers",  # the node's .deb's Depends
+    "e2fsprogs", "iproute2", "netbase",  # fsck of the root at boot; ip; /etc/services and protocols
 )
 
 
