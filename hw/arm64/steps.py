@@ -137,7 +137,7 @@ def demo(chroot: Chroot, python: Path, frames: int, logs: Path) -> str:
     """`edge-node demo` in the root, its clip cut short: it must alert, and only on the listed person."""
     clip = chroot.root / VENV.lstrip("/") / "lib/python3.11/site-packages/edge/demo/footage" / CLIP
     cut_clip(python, CHECKOUT / "edge" / "demo" / "footage" / CLIP, clip, frames)
-    done = chroot.run([f"{VENV}/bin/edge-node", "demo", "--demo-dir", "/root/demo"])
+    done = chroot.run([f"{VENV}/bin/edge-node", "demo", "--demo-dir", "/var/tmp/edge-node-demo"])
     (logs / "demo.out").write_text(done.stdout)
     (logs / "demo.err").write_text(done.stderr)
     if done.returncode != 0:
