@@ -27,6 +27,7 @@ CHECKOUT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-node" / "arm64"
 VENV = "/opt/edge-node/.venv"  # where the Debian package puts it (scripts/build-deb)
 WHEELHOUSE = "/opt/wheelhouse"
+DEMO_DIR = "/var/tmp/edge-node-demo"  # in the root; its fleet holds the watch list the alerts are checked against
 # LiteRT's own stderr line when it applies XNNPACK; without it the models ran on the reference kernels.
 XNNPACK_LINE = "Created TensorFlow Lite XNNPACK delegate for CPU."
 PHOTOS = ("astronaut.png", "biden.jpg", "multi_face.jpg", "obama.jpg", "obama2.jpg", "obama3.jpg")  # edge/demo
@@ -137,12 +138,12 @@ def demo(chroot: Chroot, python: Path, frames: int, logs: Path) -> str:
     """`edge-node demo` in the root, its clip cut short: it must alert, and only on the listed person."""
     clip = chroot.root / VENV.lstrip("/") / "lib/python3.11/site-packages/edge/demo/footage" / CLIP
     cut_clip(python, CHECKOUT / "edge" / "demo" / "footage" / CLIP, clip, frames)
-    done = chroot.run([f"{VENV}/bin/edge-node", "demo", "--demo-dir", "/var/tmp/edge-node-demo"])
+    done = chroot.run([f"{VENV}/bin/edge-node", "demo", "--demo-dir", DEMO_DIR])
     (logs / "demo.out").write_text(done.stdout)
     (logs / "demo.err").write_text(done.stderr)
     if done.returncode != 0:
         raise _failed("edge-node demo on arm64", done, logs / "demo.log")
-    entries_file = chroot.root / "root/demo/fleet/watchlists/demo/entries.json"
+    entries_file = chroot.root / DEMO_DIR.lstrip("/") / "fleet/watchlists/demo/entries.json"
     try:
         entries = json.loads(entries_file.read_text())["entries"]
     except (OSError, ValueError, KeyError) as exc:
