@@ -126,14 +126,10 @@ def qemu_command(image: Path, kernel: Path, initrd: Path, memory_mib: int, cpus:
             "-device", "virtio-serial-device", "-chardev", "pty,id=prov", "-device", "virtconsole,chardev=prov"]
 
 
-def _pty_of(proc: subprocess.Popen[bytes], log: Path) -> str:
-    """The host end of the agent's port, from qemu's 'char device redirected to /dev/pts/N (label prov)'."""
-    assert proc.stderr is not None
-    line = proc.stderr.readline().decode(errors="replace")
-    m = re.search(r"redirected to (/dev/pts/\d+) \(label prov\)", line)
-    if not m:
-        raise BootTestError(f"qemu did not say where the agent's port is: {line.strip() or '(nothing)'} (log: {log})")
-    return m.group(1)
+def _pty_of(console: Console) -> str:
+    """The host end of the agent's port, from qemu's 'char device redirected to /dev/pts/N (label prov)' (on
+    stdout, before the guest's first byte)."""
+    return console.wait_for(r"redirected to (/dev/pts/\d+) \(label prov\)", 60).group(1)
 
 
 def fleet_cli(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
@@ -204,10 +200,11 @@ def boot_test(image: Path, fleet: Path, logs: Path, memory_mib: int, cpus: int) 
         argv = qemu_command(image, kernel, initrd, memory_mib, cpus)
         (logs / "qemu.argv").write_text(" ".join(argv) + "\n")
         t0 = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with (logs / "qemu.err").open("wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
         try:
-            port = _pty_of(proc, logs / "qemu.argv")
             console = Console(proc, console_log)
+            port = _pty_of(console)
             console.wait_for(re.escape(PROMPT), 900)
             shell = time.monotonic() - t0
             print(f"boot-test: shell    {shell:7.1f} s  root shell on the serial console; agent port {port}",

@@ -109,6 +109,7 @@ def system(root: Path) -> None:
     """fstab by label, DHCP on the wired port (systemd-networkd), time by systemd-timesyncd, no swap (none
     is made; the node's privacy rule keeps frames out of swap), a fresh machine id at first boot."""
     (root / "etc/fstab").write_text(FSTAB)
+    (root / "etc/hostname").chmod(0o644)
     (root / "etc/systemd/network").mkdir(parents=True, exist_ok=True)
     (root / "etc/systemd/network/80-wired.network").write_text(WIRED)
     _chroot(root, ["systemctl", "enable", "systemd-networkd.service", "systemd-timesyncd.service"],

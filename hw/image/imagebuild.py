@@ -139,6 +139,7 @@ def build(opts: Options) -> Manifest:
             say(f"{package.name}, installed size {kib / 1024:.0f} MiB")
         with clock.step("configure") as say:
             tree = work / "tree"
+            work.mkdir(parents=True, exist_ok=True)
             subprocess.run(["cp", "-a", "--reflink=auto", str(cached), str(tree)], check=True)
             install_package(tree, package, opts.epoch)
             place_fleet_root(tree, opts.fleet_root)

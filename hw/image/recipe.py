@@ -32,6 +32,7 @@ PACKAGES = (
     "initramfs-tools", "systemd-sysv", "udev", "kmod", "dbus", "systemd-timesyncd",  # boot, time by NTP
     "python3", "python3.11", "libstdc++6", "libgcc-s1", "init-system-helpers",  # the node's .deb's Depends
     "e2fsprogs", "iproute2", "netbase",  # fsck of the root at boot; ip; /etc/services and protocols
+    "systemd-resolved",  # DNS from networkd's DHCP lease (the broker is named): /etc/resolv.conf is its stub
 )
 
 
@@ -50,4 +51,5 @@ class ImageRootSpec(RootfsSpec):
                 f'echo {HOSTNAME} > "$1/etc/hostname"')
         return ["mmdebstrap", "--mode=root", f"--arch={self.arch}", f"--variant={self.variant}",
                 f"--components={','.join(self.components)}", f"--include={','.join(self.packages)}",
-                f"--essential-hook={hook}", self.suite, str(target), self.mirror]
+                # the hook's /etc/default/raspi-firmware is kept when the package brings its own (conffile)
+                "--dpkgopt=force-confold", f"--essential-hook={hook}", self.suite, str(target), self.mirror]
