@@ -26,7 +26,7 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[2]
 PROMPT = "root@edge-node:~# "
 LISTENING = "listening on /dev/ttyGS0"  # edge/provision/agent.py's line once it waits for a technician
-CODE = re.compile(r"CONFIRMATION CODE (\d{3} \d{3})")
+CODE = re.compile(r"CONFIRMATION CODE\s+(\d{3} \d{3})")  # the tool's line and the agent's
 
 
 class BootTestError(Exception):
@@ -83,7 +83,7 @@ class Console:
         """Types `command` at the shell; its output and exit status, found between two markers whose text
         differs from the typed line (the tty echoes it)."""
         self._n += 1
-        n = 100000 + self._n
+        n = 100000 + 2 * self._n  # each command's two markers are its own
         with self._lock:
             start = len(self.text)
         line = f"echo @@$(({n}+0))@@; {command}; echo @@$(({n}+1))@@$?@@\n"
