@@ -498,21 +498,7 @@ def disable_core_dumps() -> CoreDumpSettings:
     """
     actions: list[str] = []
     notes: list[str] = []
-    rlimit: tuple[int, int] | None = None
-    try:
-        import resource
-    except ImportError:
-        notes.append("no resource module on this platform: RLIMIT_CORE unchanged")
-    else:
-        before = resource.getrlimit(resource.RLIMIT_CORE)
-        if before != (0, 0):
-            try:
-                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-                actions.append(f"RLIMIT_CORE {before} -> (0, 0)")
-            except (ValueError, OSError) as exc:
-                notes.append(f"setrlimit(RLIMIT_CORE, (0, 0)) failed: {type(exc).__name__}: {exc}")
-        rlimit = resource.getrlimit(resource.RLIMIT_CORE)
-
+    # the dumpable flag first: whoever sees the core limit at 0 also finds the process undumpable
     dumpable: bool | None = None
     if sys.platform.startswith("linux"):
         try:
@@ -531,4 +517,19 @@ def disable_core_dumps() -> CoreDumpSettings:
             dumpable = None if state < 0 else state != 0
     else:
         notes.append(f"not Linux ({sys.platform}): dumpable flag unchanged")
+    rlimit: tuple[int, int] | None = None
+    try:
+        import resource
+    except ImportError:
+        notes.append("no resource module on this platform: RLIMIT_CORE unchanged")
+    else:
+        before = resource.getrlimit(resource.RLIMIT_CORE)
+        if before != (0, 0):
+            try:
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+                actions.append(f"RLIMIT_CORE {before} -> (0, 0)")
+            except (ValueError, OSError) as exc:
+                notes.append(f"setrlimit(RLIMIT_CORE, (0, 0)) failed: {type(exc).__name__}: {exc}")
+        rlimit = resource.getrlimit(resource.RLIMIT_CORE)
+
     return CoreDumpSettings(rlimit, dumpable, tuple(actions), tuple(notes))

@@ -472,8 +472,9 @@ def test_disable_core_dumps_in_a_child_process() -> None:
     assert doc["get_dumpable"] == 0  # prctl(PR_GET_DUMPABLE)
     rep = doc["report"]
     assert rep["rlimit_core"] == [0, 0] and rep["dumpable"] is False and rep["off"] is True
-    expected = ["PR_SET_DUMPABLE 0"] if limit == 0 else [f"RLIMIT_CORE ({limit}, {limit}) -> (0, 0)",
-                                                          "PR_SET_DUMPABLE 0"]
+    # the flag first (a process seen with its core limit at 0 is already undumpable), then the limit
+    expected = ["PR_SET_DUMPABLE 0"] if limit == 0 else ["PR_SET_DUMPABLE 0",
+                                                          f"RLIMIT_CORE ({limit}, {limit}) -> (0, 0)"]
     assert rep["actions"] == expected
     assert rep["notes"] == []
 
