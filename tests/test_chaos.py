@@ -50,7 +50,13 @@ def run_chaos(tmp_path: Path, broker: Broker, rng: random.Random, seed: int,
     with open(tmp_path / "producer.log", "ab") as log:
         try:
             restarts, kills = disrupt(broker, cmd, env, log, rng, procs)
-            assert procs[-1].wait(180) == 0, (tmp_path / "producer.log").read_text()[-3000:]
+            log.flush()
+            try:
+                code = procs[-1].wait(180)
+            except subprocess.TimeoutExpired:
+                code = None
+            assert code == 0, (f"seed {seed}: the producer " + ("did not finish in 180 s" if code is None else
+                               f"exited {code}") + "\n" + (tmp_path / "producer.log").read_text()[-3000:])
         finally:
             for p in procs:
                 if p.poll() is None:
