@@ -61,6 +61,22 @@ class Image:
     root_mib: int
 
 
+def sorted_copy(tree: Path, out: Path) -> None:
+    """The tree copied in name order (GNU tar --sort=name, owners, modes, xattrs kept). mkfs.ext4 -d takes
+    files in the directory's read order, which for a small directory is the order its files were made:
+    parallel steps (the postinst's `compileall -j 0`) make it differ from build to build, and with it the
+    inode numbers and the image's bytes."""
+    out.mkdir()
+    pack = subprocess.Popen(["tar", "-C", str(tree), "--sort=name", "--xattrs", "--xattrs-include=*",
+                             "--numeric-owner", "-cf", "-", "."], stdout=subprocess.PIPE)
+    unpack = subprocess.run(["tar", "-C", str(out), "--xattrs", "--xattrs-include=*", "--numeric-owner",
+                             "--same-owner", "-xpf", "-"], stdin=pack.stdout, capture_output=True, check=False)
+    if pack.stdout is not None:
+        pack.stdout.close()
+    if pack.wait() != 0 or unpack.returncode != 0:
+        raise DiskBuildError(f"copying {tree} in name order: {unpack.stderr.decode(errors='replace').strip()}")
+
+
 def clamp_mtimes(tree: Path, epoch: int) -> None:
     """Every file's mtime no later than the epoch (touch -h: links themselves, not their targets)."""
     _run(["find", str(tree), "-newermt", f"@{epoch}", "-exec", "touch", "-h", "-d", f"@{epoch}", "{}", "+"],
@@ -118,7 +134,7 @@ def clamp_ctimes(tree: Path, fs: Path, epoch: int) -> None:
             f.write(f'set_inode_field "{rel}" ctime @{epoch}\n')
         f.write(f'set_inode_field / ctime @{epoch}\n')
     done = subprocess.run(["debugfs", "-w", "-f", str(requests), str(fs)], capture_output=True, text=True,
-                          check=False)
+                          check=False, env=os.environ | {"E2FSPROGS_FAKE_TIME": str(epoch)})  # its write time too
     complaints = [line for line in done.stderr.splitlines() if line and not line.startswith("debugfs ")]
     if done.returncode != 0 or complaints:  # debugfs exits 0 whatever its requests did: its stderr tells
         raise DiskBuildError(f"debugfs setting ctimes in {fs.name}: {(complaints or ['exit status'])[0]}")

@@ -29,7 +29,7 @@ from configure import (
     place_fleet_root,
     system,
 )
-from disk import DiskBuildError, Ids, Layout, assemble, clamp_mtimes, make_boot, make_root
+from disk import DiskBuildError, Ids, Layout, assemble, clamp_mtimes, make_boot, make_root, sorted_copy
 from emulation import EmulationError, ensure_binfmt
 from package import PackageBuildError, build_arm64_deb, installed_size
 from recipe import ImageRootSpec
@@ -156,6 +156,10 @@ def build(opts: Options) -> Manifest:
             firmware = work / "firmware"
             (tree / "boot/firmware").rename(firmware)
             (tree / "boot/firmware").mkdir()  # the mount point
+            ordered = work / "ordered"
+            sorted_copy(tree, ordered)
+            shutil.rmtree(tree)
+            tree = ordered
             clamp_mtimes(tree, opts.epoch)
             clamp_mtimes(firmware, opts.epoch)
             layout, ids = Layout(), Ids.from_epoch(opts.epoch)
