@@ -124,15 +124,16 @@ def make_root(tree: Path, out: Path, layout: Layout, ids: Ids, epoch: int) -> in
 
 def clamp_ctimes(tree: Path, fs: Path, epoch: int) -> None:
     """mkfs.ext4 -d (e2fsprogs 1.47.0, bookworm's) copies each file's ctime, which no tool can set on the
-    host: debugfs sets every inode's ctime to the epoch, in one session."""
+    host, and its atime, which reading the tree moves: debugfs sets both to the epoch, in one session."""
     requests = fs.with_name(fs.name + ".ctime")
     with requests.open("w") as f:
         for path in sorted(tree.rglob("*")):
             rel = "/" + path.relative_to(tree).as_posix()
             if '"' in rel or "\n" in rel:
                 raise DiskBuildError(f"{path}: a name debugfs cannot be given")
-            f.write(f'set_inode_field "{rel}" ctime @{epoch}\n')
-        f.write(f'set_inode_field / ctime @{epoch}\n')
+            for field in ("ctime", "atime"):  # atime: reading the tree (copying, compiling) moves it
+                f.write(f'set_inode_field "{rel}" {field} @{epoch}\n')
+        f.write(f'set_inode_field / ctime @{epoch}\nset_inode_field / atime @{epoch}\n')
     done = subprocess.run(["debugfs", "-w", "-f", str(requests), str(fs)], capture_output=True, text=True,
                           check=False, env=os.environ | {"E2FSPROGS_FAKE_TIME": str(epoch)})  # its write time too
     complaints = [line for line in done.stderr.splitlines() if line and not line.startswith("debugfs ")]
