@@ -834,12 +834,13 @@ def test_the_token_is_checked_again_at_provision_and_at_confirm(site: Site, tmp_
 
     # the token is replaced by another while the technician reads the code: CONFIRM is refused
     shutil.copy(issue("b.token"), token_path)
+    replacement = issue("c.token")  # issued beforehand: a process started inside the confirm window could outlast it
     agent = site.agent()
     agent.out.wait_for(r"listening on .* \(device cam-01, reprovision\)")
     fleet_before = fleet_files(site.fleet)  # the first provisioning's registration, certificate and records
     tool = site.provision()
     tool.code()
-    shutil.copy(issue("c.token"), token_path)
+    shutil.copy(replacement, token_path)
     tool.answer("yes")
     assert tool.wait() == 2
     assert "DeviceRefusedError: ReprovisionTokenError" in tool.err.text
