@@ -13,14 +13,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agreement import DisagreementError, FacesOutputError, compare_runs, parse_faces
 from emulation import Chroot, EmulationError, ensure_binfmt
 from rootfs import RootfsBuildError, RootfsCache, RootfsSpec
+from timing import Clock
 from wheels import GLIBC_OLDEST, WheelSet, WheelSetError, WheelTarget, build_project_wheel, download
 
 CHECKOUT = Path(__file__).resolve().parents[2]
@@ -49,19 +48,6 @@ class Options:
     host_python: Path
 
 
-class Clock:
-    """Times each step and prints its line as it ends."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[Callable[[str], None]]:
-        t0 = time.monotonic()
-        said: list[str] = []
-        yield said.append
-        self.seconds[name] = time.monotonic() - t0
-        print(f"proof: {name:<8} {self.seconds[name]:7.1f} s  {'; '.join(said)}", flush=True)
 
 
 def _failed(what: str, done: subprocess.CompletedProcess[str], log: Path) -> ProofError:
@@ -161,7 +147,7 @@ def demo(chroot: Chroot, python: Path, frames: int, logs: Path) -> str:
 
 
 def prove(opts: Options) -> None:
-    clock = Clock()
+    clock = Clock("proof", 8)
     opts.logs.mkdir(parents=True, exist_ok=True)
     ensure_binfmt()
     with clock.step("rootfs") as say:

@@ -13,8 +13,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from emulation import EmulationError, ensure_binfmt
 from package import PackageBuildError, build_arm64_deb, installed_size
 from recipe import ImageRootSpec
 from rootfs import RootfsBuildError, RootfsCache
+from timing import Clock
 from wheels import WheelSetError
 
 HERE = Path(__file__).resolve().parent
@@ -75,19 +74,6 @@ class Manifest:
     seconds: dict[str, float]
 
 
-class Clock:
-    """Times each step and prints its line as it ends."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def step(self, name: str) -> Iterator[Callable[[str], None]]:
-        t0 = time.monotonic()
-        said: list[str] = []
-        yield said.append
-        self.seconds[name] = round(time.monotonic() - t0, 1)
-        print(f"build: {name:<9} {self.seconds[name]:7.1f} s  {'; '.join(said)}", flush=True)
 
 
 def check_fleet_root(python: Path, fleet_root: Path) -> str:
@@ -114,7 +100,7 @@ def _version() -> str:
 
 
 def build(opts: Options) -> Manifest:
-    clock = Clock()
+    clock = Clock("build", 9)
     started = time.monotonic()
     logs = opts.cache / "image" / "logs" / time.strftime("%Y%m%d-%H%M%S")
     logs.mkdir(parents=True, exist_ok=True)
